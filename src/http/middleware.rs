@@ -1,0 +1,158 @@
+//! Per-request telemetry: the request span and log line (tower-http's TraceLayer with our span
+//! and response hooks), the HTTP metrics, and the JSON answer to a panic.
+
+use std::any::Any;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, Response, StatusCode};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
+use tracing::Span;
+use tracing::field::Empty;
+
+use super::{AppState, REQUEST_ID};
+use crate::telemetry::metrics::{Metrics, UNMATCHED_ROUTE};
+
+/// The route template a request matched, or one shared value for everything else, so labels
+/// and span names stay bounded whatever paths clients send.
+fn route_of<B>(request: &axum::http::Request<B>) -> &str {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
+}
+
+/// Standard methods by name; anything else shares one label value.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+pub type RequestTraceLayer = TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    RequestSpan,
+    (),
+    LogResponse,
+    (),
+    (),
+    (),
+>;
+
+/// One span per request, named `METHOD route` for trace backends.
+pub fn trace_layer() -> RequestTraceLayer {
+    TraceLayer::new_for_http()
+        .make_span_with(RequestSpan)
+        .on_request(())
+        .on_response(LogResponse)
+        .on_body_chunk(())
+        .on_eos(())
+        .on_failure(())
+}
+
+#[derive(Clone, Copy)]
+pub struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &axum::http::Request<B>) -> Span {
+        let method = method_label(request.method());
+        let route = route_of(request);
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::info_span!(
+            "request",
+            otel.name = format!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            method,
+            route,
+            request_id,
+            http.request.method = method,
+            http.route = route,
+            url.path = request.uri().path(),
+            http.response.status_code = Empty,
+        )
+    }
+}
+
+/// The one log line per request.
+#[derive(Clone, Copy)]
+pub struct LogResponse;
+
+impl<B> OnResponse<B> for LogResponse {
+    fn on_response(self, response: &Response<B>, latency: Duration, span: &Span) {
+        let status = response.status().as_u16();
+        span.record("http.response.status_code", status);
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        tracing::info!(
+            status,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}
+
+/// Counts and times every request by method, route template and status.
+pub async fn track_metrics(State(state): State<AppState>, request: Request, next: Next) -> impl IntoResponse {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let route = route_of(&request).to_owned();
+    let _in_flight = InFlight::enter(&state.metrics);
+
+    let response = next.run(request).await;
+
+    let status = response.status();
+    let labels = [method, route.as_str(), status.as_str()];
+    state.metrics.http_requests.with_label_values(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Keeps `http_requests_in_flight` right even when a client hangs up mid-request (the future is
+/// dropped, and so is this).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.http_in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.http_in_flight.dec();
+    }
+}
+
+/// A handler panicked: log it (inside the request span, so with the request id) and answer with
+/// the JSON error shape instead of dropping the connection.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<axum::body::Body> {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(panic = %detail, "handler panicked");
+    crate::error::json_response(StatusCode::INTERNAL_SERVER_ERROR, "ERROR", "internal error")
+}

@@ -1,0 +1,138 @@
+//! The HTTP surface. A request goes: [`router`] (shared layers) -> one file per area:
+//! [`original`] (the Flask-compatible API), [`v1`] (the versioned API), [`health`] (probes and
+//! version), [`openapi`] (the generated document). Handlers parse into domain types and call the
+//! store; nothing here knows SQL.
+
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod openapi;
+pub mod original;
+pub mod v1;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{BoxError, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::BuildInfo;
+use crate::auth::AdminToken;
+use crate::error::ApiError;
+use crate::shutdown::Lifecycle;
+use crate::store::SharedStore;
+use crate::telemetry::metrics::Metrics;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach. Cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SharedStore,
+    pub admin_token: Option<AdminToken>,
+    pub lifecycle: Lifecycle,
+    pub metrics: Metrics,
+    pub build: BuildInfo,
+    pub max_body_bytes: u64,
+    pub openapi_json: Bytes,
+}
+
+/// Limits the router applies to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_concurrency: usize,
+}
+
+/// The API router: every route, the OpenAPI document built from the same handlers, and the
+/// shared layers. Tests drive it directly or through a listener.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    // The API routes are limited and shed under load; the probes are not, so an overloaded pod is
+    // not also restarted or pulled from service for being busy.
+    let api = OpenApiRouter::with_openapi(openapi::base())
+        .merge(original::routes())
+        .merge(v1::routes())
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overload_or_timeout))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrency))
+                .timeout(limits.request_timeout),
+        );
+    let (api, document) = api.merge(health::routes()).split_for_parts();
+    let state = AppState {
+        openapi_json: openapi::render(document),
+        ..state
+    };
+
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::trace_layer())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    middleware::track_metrics,
+                ))
+                .layer(CatchPanicLayer::custom(middleware::panic_response)),
+        )
+        .with_state(state)
+}
+
+/// The metrics router, for the second listener.
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        prometheus::TEXT_FORMAT,
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    let message = format!("method {method} is not allowed on this route");
+    crate::error::json_response(StatusCode::METHOD_NOT_ALLOWED, "ERROR", &message)
+}
+
+async fn overload_or_timeout(err: BoxError) -> Response {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Unavailable("the server is at its concurrency limit, retry later".into())
+            .into_response()
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout.into_response()
+    } else {
+        tracing::error!(error = %err, "middleware failed");
+        crate::error::json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERROR",
+            "internal error",
+        )
+    }
+}

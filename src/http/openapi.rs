@@ -1,0 +1,98 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations when the
+//! router is built, so it cannot drift from the routes.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "comments",
+        description = "Comments on content items. The original API (/api/comment/...) is kept \
+                       byte for byte; /api/v1 adds ids, pagination, idempotent creates and \
+                       admin deletes.",
+        license(name = "MIT"),
+    ),
+    tags(
+        (name = "original", description = "The original Flask API, unchanged"),
+        (name = "v1", description = "The versioned API"),
+        (name = "health", description = "Probes, version and this document"),
+    ),
+    modifiers(&AdminBearer),
+)]
+struct ApiDoc;
+
+/// Registers the admin bearer token scheme the DELETE operation refers to.
+struct AdminBearer;
+
+impl Modify for AdminBearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("COMMENTS_ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn base() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn render(document: utoipa::openapi::OpenApi) -> Bytes {
+    document
+        .to_pretty_json()
+        .expect("the OpenAPI document always serializes")
+        .into()
+}
+
+/// Every error: `{"status":"ERROR","message":"..."}` (`NOT-FOUND` for the original list,
+/// `UNAVAILABLE` with `Retry-After` for 503).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ERROR", "message": "email must be one local part, one @ and a dotted domain, without spaces"}))]
+pub struct ErrorBody {
+    pub status: String,
+    pub message: String,
+}
+
+/// `content_id` in a body: an integer or a string of 1 to 128 characters of `A-Z a-z 0-9 . _ -`;
+/// `1` and `"1"` name the same item.
+pub fn content_id_schema() -> impl Into<RefOr<Schema>> {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).format(Some(
+            utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64),
+        )))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(128))
+                .pattern(Some("^[A-Za-z0-9._-]+$")),
+        )
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "health",
+    responses((status = 200, description = "This document", content_type = "application/json")),
+)]
+pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi_json.clone(),
+    )
+}

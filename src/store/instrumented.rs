@@ -1,0 +1,113 @@
+//! A store wrapper that times every operation (metric and span) and bounds how long it may take,
+//! so a database that hangs turns into a quick 503 instead of a request stuck until the client
+//! gives up. The backends stay free of telemetry.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tracing::Instrument;
+
+use super::{Backend, CommentStore, Created, SharedStore, StoreError};
+use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
+use crate::telemetry::metrics::Metrics;
+
+pub struct Instrumented {
+    inner: SharedStore,
+    metrics: Metrics,
+    timeout: Duration,
+    system: &'static str,
+}
+
+impl Instrumented {
+    pub fn new(inner: SharedStore, backend: Backend, metrics: Metrics, timeout: Duration) -> Self {
+        let system = match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        };
+        Self {
+            inner,
+            metrics,
+            timeout,
+            system,
+        }
+    }
+
+    async fn observe<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let span = tracing::info_span!(
+            "store",
+            otel.name = operation,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = self.system,
+            db.operation.name = operation,
+        );
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, call.instrument(span.clone())).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "storage did not answer within {:?}",
+                self.timeout
+            ))),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(StoreError::KeyReused) => "conflict",
+            Err(StoreError::Unavailable(_)) if started.elapsed() >= self.timeout => "timeout",
+            Err(StoreError::Unavailable(_)) => "error",
+        };
+        if matches!(outcome, "error" | "timeout") {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.metrics
+            .store_duration
+            .with_label_values(&[operation, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+#[async_trait]
+impl CommentStore for Instrumented {
+    async fn create(
+        &self,
+        new: NewComment,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, StoreError> {
+        let created = self.observe("create", self.inner.create(new, key)).await;
+        if let Ok(Created::New(_)) = created {
+            self.metrics.comments_created.inc();
+        }
+        created
+    }
+
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
+        self.observe("list", self.inner.list(content_id, page)).await
+    }
+
+    async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
+        self.observe("get", self.inner.get(id)).await
+    }
+
+    async fn delete(&self, id: CommentId) -> Result<bool, StoreError> {
+        self.observe("delete", self.inner.delete(id)).await
+    }
+
+    async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
+        self.observe("purge_expired_keys", self.inner.purge_expired_keys())
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.observe("ping", self.inner.ping()).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}

@@ -1,0 +1,138 @@
+//! Storage: one trait, two backends. Nothing here knows about HTTP.
+//!
+//! - [`sqlite`]: the embedded default, one replica, writes group-committed by a single writer.
+//! - [`postgres`]: for many replicas, migrations under an advisory lock.
+
+pub mod instrumented;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
+
+/// How long an `Idempotency-Key` is remembered. Retries come within minutes; a day covers a
+/// client that retries after an outage without keeping keys forever.
+pub const IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a create did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new comment was committed.
+    New(Comment),
+    /// The key was seen before with the same comment: this is the first result, nothing stored.
+    Replayed(Comment),
+}
+
+impl Created {
+    pub fn comment(&self) -> &Comment {
+        match self {
+            Created::New(c) | Created::Replayed(c) => c,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The idempotency key was used before for a different comment.
+    #[error("Idempotency-Key was already used for a different comment")]
+    KeyReused,
+    /// The database did not answer, or answered with an error that a retry may fix.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::Unavailable(err.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Unavailable(format!("migrations: {err}"))
+    }
+}
+
+/// The one interface the HTTP layer uses. A write returns only once it is committed.
+#[async_trait]
+pub trait CommentStore: Send + Sync + 'static {
+    /// Stores a comment, or returns the first result when `key` was used for the same comment.
+    async fn create(
+        &self,
+        new: NewComment,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, StoreError>;
+
+    /// Comments on one item, oldest first.
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError>;
+
+    async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError>;
+
+    /// Deletes a comment; `false` when there was none with that id.
+    async fn delete(&self, id: CommentId) -> Result<bool, StoreError>;
+
+    /// Forgets idempotency keys older than [`IDEMPOTENCY_KEY_TTL`]; returns how many.
+    async fn purge_expired_keys(&self) -> Result<u64, StoreError>;
+
+    /// Succeeds when the store can serve requests (reachable and migrated).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes and closes connections; called once at shutdown.
+    async fn close(&self);
+}
+
+pub type SharedStore = Arc<dyn CommentStore>;
+
+/// Which backend a `--database-url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Settings both backends share.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request may wait for a connection before it gets a 503.
+    pub acquire_timeout: Duration,
+    pub sqlite_synchronous: sqlite::Synchronous,
+}
+
+/// Opens the store the URL names. SQLite opens and migrates before returning (a local file that
+/// cannot be opened is a configuration error); PostgreSQL returns at once and connects and
+/// migrates in the background, retrying with backoff, so the process stays up while the database
+/// is away and `ping` says why it is not ready.
+pub async fn open(options: &StoreOptions) -> Result<SharedStore, StoreError> {
+    match Backend::of(&options.url) {
+        Some(Backend::Sqlite) => Ok(Arc::new(sqlite::SqliteStore::open(options).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(postgres::PostgresStore::open(options)?)),
+        None => Err(StoreError::Unavailable(
+            "database URL must start with sqlite: or postgres://".into(),
+        )),
+    }
+}
+
+/// Microseconds since the Unix epoch, the resolution both backends keep.
+pub(crate) fn now_micros() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}

@@ -1,0 +1,378 @@
+//! The embedded store: one SQLite file in WAL mode, for a single replica.
+//!
+//! Reads go through a small pool of read-only connections (WAL lets them run beside the writer).
+//! Writes go through one writer task that owns the only write connection and commits whatever
+//! writes have queued up as one transaction: one fsync acknowledges a whole batch (group commit).
+//! A request's write is answered only after the batch holding it has committed.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, FromRow, SqliteExecutor};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CommentStore, Created, IDEMPOTENCY_KEY_TTL, StoreError, StoreOptions, now_micros};
+use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
+
+/// Most writes one transaction takes. Large enough that a burst commits in a few fsyncs, small
+/// enough that one batch never holds the write lock for long.
+const MAX_BATCH: usize = 256;
+
+/// How many writes may wait for the writer before senders are pushed back.
+const QUEUE_DEPTH: usize = 4096;
+
+/// SQLite `synchronous` for the write connection: the durability/speed trade-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synchronous {
+    /// fsync the WAL at every commit: an acknowledged write survives power loss (default).
+    Full,
+    /// fsync only at checkpoints: survives a process crash, but the last commits before a power
+    /// loss or kernel crash can be lost. Faster on slow disks.
+    Normal,
+}
+
+impl From<Synchronous> for SqliteSynchronous {
+    fn from(level: Synchronous) -> Self {
+        match level {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    readers: SqlitePool,
+    writer: mpsc::Sender<WriteOp>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum WriteOp {
+    Create {
+        new: NewComment,
+        key: Option<IdempotencyKey>,
+        reply: Reply<Created>,
+    },
+    Delete {
+        id: CommentId,
+        reply: Reply<bool>,
+    },
+    PurgeKeys {
+        reply: Reply<u64>,
+    },
+    /// Everything queued before this is committed, then the writer closes its connection.
+    Close { done: oneshot::Sender<()> },
+}
+
+impl SqliteStore {
+    pub async fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(&options.url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(options.sqlite_synchronous.into())
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        if let Some(dir) = connect.get_filename().parent() {
+            create_dir(dir)?;
+        }
+
+        let mut writer = SqliteConnection::connect_with(&connect).await?;
+        sqlx::migrate!("migrations/sqlite").run(&mut writer).await?;
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.read_only(true))
+            .await?;
+
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_writer(writer, receiver));
+        Ok(Self {
+            readers,
+            writer: sender,
+        })
+    }
+
+    /// Queues a write and waits until the batch holding it has committed.
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(op(reply))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the SQLite writer has stopped".into())
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|err| {
+        StoreError::Unavailable(format!("cannot create directory {}: {err}", dir.display()))
+    })
+}
+
+#[async_trait]
+impl CommentStore for SqliteStore {
+    async fn create(
+        &self,
+        new: NewComment,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, StoreError> {
+        self.write(|reply| WriteOp::Create { new, key, reply }).await
+    }
+
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, content_id, email, comment, created_at FROM comments \
+             WHERE content_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .bind(content_id.as_str())
+        .bind(page.after.map_or(0, CommentId::get))
+        .bind(page.limit.map_or(-1, i64::from))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter().map(Row::into_comment).collect()
+    }
+
+    async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
+        fetch_comment(&self.readers, id).await
+    }
+
+    async fn delete(&self, id: CommentId) -> Result<bool, StoreError> {
+        self.write(|reply| WriteOp::Delete { id, reply }).await
+    }
+
+    async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
+        self.write(|reply| WriteOp::PurgeKeys { reply }).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(closed());
+        }
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.writer.send(WriteOp::Close { done }).await.is_ok() {
+            let _ = closed.await;
+        }
+        self.readers.close().await;
+    }
+}
+
+/// The writer task: takes whatever has queued, commits it as one transaction, then answers.
+async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<WriteOp>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let close = match batch.iter().position(|op| matches!(op, WriteOp::Close { .. })) {
+            Some(at) => batch.drain(at..).next(),
+            None => None,
+        };
+        commit_batch(&mut conn, &mut batch).await;
+        if let Some(WriteOp::Close { done }) = close {
+            queue.close();
+            // Writes queued after the close are refused rather than left hanging.
+            while let Some(op) = queue.recv().await {
+                fail(op, closed());
+            }
+            let _ = conn.close().await;
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Applies every op in one transaction. Replies go out only after the commit; if anything fails,
+/// the whole batch rolls back and every op in it is told so (none of them was committed).
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
+    let outcome = async {
+        let mut tx = conn.begin().await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for op in batch.iter() {
+            results.push(apply(&mut *tx, op).await?);
+        }
+        tx.commit().await?;
+        Ok::<_, StoreError>(results)
+    }
+    .await;
+
+    match outcome {
+        Ok(results) => {
+            for (op, result) in batch.drain(..).zip(results) {
+                answer(op, result);
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, writes = batch.len(), "SQLite batch rolled back");
+            for op in batch.drain(..) {
+                fail(op, StoreError::Unavailable(err.to_string()));
+            }
+        }
+    }
+}
+
+/// What one op did inside the transaction, held until the commit succeeds.
+enum Applied {
+    Created(Result<Created, StoreError>),
+    Deleted(bool),
+    Purged(u64),
+    Nothing,
+}
+
+async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Applied, StoreError> {
+    Ok(match op {
+        WriteOp::Create { new, key, .. } => Applied::Created(create(conn, new, key.as_ref()).await?),
+        WriteOp::Delete { id, .. } => {
+            let done = sqlx::query("DELETE FROM comments WHERE id = ?1")
+                .bind(id.get())
+                .execute(&mut *conn)
+                .await?;
+            Applied::Deleted(done.rows_affected() > 0)
+        }
+        WriteOp::PurgeKeys { .. } => {
+            let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
+                .bind(key_expiry_cutoff())
+                .execute(&mut *conn)
+                .await?;
+            Applied::Purged(done.rows_affected())
+        }
+        WriteOp::Close { .. } => Applied::Nothing,
+    })
+}
+
+/// The outer error fails the batch (the database broke); the inner one is this request's answer.
+async fn create(
+    conn: &mut SqliteConnection,
+    new: &NewComment,
+    key: Option<&IdempotencyKey>,
+) -> Result<Result<Created, StoreError>, StoreError> {
+    if let Some(key) = key {
+        let earlier: Option<i64> = sqlx::query_scalar(
+            "SELECT comment_id FROM idempotency_keys WHERE key = ?1 AND created_at >= ?2",
+        )
+        .bind(key.as_str())
+        .bind(key_expiry_cutoff())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(id) = earlier {
+            return Ok(match fetch_comment(&mut *conn, CommentId::from_stored(id)).await? {
+                Some(first) if first.matches(new) => Ok(Created::Replayed(first)),
+                _ => Err(StoreError::KeyReused),
+            });
+        }
+    }
+
+    let created_at = now_micros();
+    let row: Row = sqlx::query_as(
+        "INSERT INTO comments (content_id, email, comment, created_at) VALUES (?1, ?2, ?3, ?4) \
+         RETURNING id, content_id, email, comment, created_at",
+    )
+    .bind(new.content_id.as_str())
+    .bind(new.email.as_str())
+    .bind(new.comment.as_str().as_bytes())
+    .bind(to_micros(created_at))
+    .fetch_one(&mut *conn)
+    .await?;
+
+    if let Some(key) = key {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, comment_id, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET comment_id = excluded.comment_id, \
+             created_at = excluded.created_at",
+        )
+        .bind(key.as_str())
+        .bind(row.id)
+        .bind(to_micros(created_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Ok(Created::New(row.into_comment()?)))
+}
+
+fn answer(op: WriteOp, applied: Applied) {
+    match (op, applied) {
+        (WriteOp::Create { reply, .. }, Applied::Created(result)) => {
+            let _ = reply.send(result);
+        }
+        (WriteOp::Delete { reply, .. }, Applied::Deleted(found)) => {
+            let _ = reply.send(Ok(found));
+        }
+        (WriteOp::PurgeKeys { reply }, Applied::Purged(count)) => {
+            let _ = reply.send(Ok(count));
+        }
+        (op, _) => fail(op, StoreError::Unavailable("writer bookkeeping mismatch".into())),
+    }
+}
+
+fn fail(op: WriteOp, err: StoreError) {
+    let message = err.to_string();
+    let unavailable = || StoreError::Unavailable(message.clone());
+    match op {
+        WriteOp::Create { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::Delete { reply, .. } => drop(reply.send(Err(unavailable()))),
+        WriteOp::PurgeKeys { reply } => drop(reply.send(Err(unavailable()))),
+        WriteOp::Close { done } => drop(done.send(())),
+    }
+}
+
+async fn fetch_comment<'c>(
+    executor: impl SqliteExecutor<'c>,
+    id: CommentId,
+) -> Result<Option<Comment>, StoreError> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, content_id, email, comment, created_at FROM comments WHERE id = ?1",
+    )
+    .bind(id.get())
+    .fetch_optional(executor)
+    .await?;
+    row.map(Row::into_comment).transpose()
+}
+
+fn key_expiry_cutoff() -> i64 {
+    to_micros(OffsetDateTime::now_utc() - IDEMPOTENCY_KEY_TTL)
+}
+
+fn to_micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: i64,
+    content_id: String,
+    email: String,
+    comment: Vec<u8>,
+    created_at: i64,
+}
+
+impl Row {
+    fn into_comment(self) -> Result<Comment, StoreError> {
+        let corrupt = |what: &str| StoreError::Unavailable(format!("stored {what} is corrupt"));
+        Ok(Comment {
+            id: CommentId::from_stored(self.id),
+            content_id: ContentId::parse(&self.content_id).map_err(|_| corrupt("content_id"))?,
+            email: self.email,
+            comment: String::from_utf8(self.comment).map_err(|_| corrupt("comment"))?,
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(self.created_at) * 1000,
+            )
+            .map_err(|_| corrupt("created_at"))?,
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics, served on their own listener. The names and labels are a contract the
+//! dashboard and alert rules rely on (see DESIGN.md, Metrics).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::BuildInfo;
+
+/// Latency buckets in seconds; the first is sub-millisecond because most answers are.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The `route` label of requests that matched no route, so junk paths share one series.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub http_in_flight: IntGauge,
+    pub comments_created: IntCounter,
+    pub store_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new(build: &BuildInfo) -> Self {
+        let registry = Registry::new();
+        let http_labels = &["method", "route", "status"];
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests answered"),
+            http_labels,
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from request received to response headers sent",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            http_labels,
+        )
+        .expect("valid metric");
+        let http_in_flight = IntGauge::new(
+            "http_requests_in_flight",
+            "HTTP requests being handled right now",
+        )
+        .expect("valid metric");
+        let comments_created =
+            IntCounter::new("comments_created_total", "Comments committed to storage")
+                .expect("valid metric");
+        let store_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "comments_store_operation_duration_seconds",
+                "Storage operation latency by operation and outcome (ok, conflict, error, timeout)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation", "outcome"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "comments_build_info",
+                "Always 1; the labels say which build is running",
+            ),
+            &["version", "commit"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[build.version, build.commit])
+            .set(1);
+
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(http_in_flight.clone()),
+            Box::new(comments_created.clone()),
+            Box::new(store_duration.clone()),
+            Box::new(build_info),
+            Box::new(super::traces::SPANS_DROPPED.clone()),
+            Box::new(super::traces::SPANS_EXPORT_FAILED.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            http_in_flight,
+            comments_created,
+            store_duration,
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
