@@ -48,9 +48,7 @@ impl App {
             .map(|token| AdminToken::new(&token));
 
         let backend = Backend::of(&config.database_url).ok_or_else(|| {
-            StartupError(
-                "COMMENTS_DATABASE_URL: must start with sqlite: or postgres://".into(),
-            )
+            StartupError("COMMENTS_DATABASE_URL: must start with sqlite: or postgres://".into())
         })?;
         let options = StoreOptions {
             url: config.database_url.clone(),
@@ -104,11 +102,15 @@ impl App {
     }
 
     pub fn api_addr(&self) -> SocketAddr {
-        self.api_listener.local_addr().expect("a bound listener has an address")
+        self.api_listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics_listener.local_addr().expect("a bound listener has an address")
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// For tests and embedders: start shutdown as SIGTERM would, or watch it.
@@ -141,7 +143,10 @@ impl App {
             let wait = self.shutdown_delay;
             async move {
                 lifecycle.shutdown_requested().await;
-                tracing::info!(delay_ms = wait.as_millis() as u64, "draining: /readyz fails, still serving");
+                tracing::info!(
+                    delay_ms = wait.as_millis() as u64,
+                    "draining: /readyz fails, still serving"
+                );
                 tokio::time::sleep(wait).await;
                 lifecycle.stop_accepting();
             }

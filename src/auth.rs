@@ -59,7 +59,13 @@ mod tests {
         let token = AdminToken::new("s3cret");
         assert!(token.authorizes(&with_auth("Bearer s3cret")));
         assert!(token.authorizes(&with_auth("bearer s3cret")));
-        for wrong in ["Bearer s3cre", "Bearer s3cret ", "Basic s3cret", "s3cret", "Bearer "] {
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret ",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer ",
+        ] {
             assert!(!token.authorizes(&with_auth(wrong)), "{wrong:?} authorized");
         }
         assert!(!token.authorizes(&HeaderMap::new()));

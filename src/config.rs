@@ -100,7 +100,12 @@ pub struct Config {
     pub max_concurrency: u64,
 
     /// Bearer token for admin endpoints (DELETE). Without one, deleting is off.
-    #[arg(long, env = "COMMENTS_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
+    #[arg(
+        long,
+        env = "COMMENTS_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     pub admin_token: Option<String>,
 
     /// File holding the admin token (a mounted Kubernetes Secret); surrounding whitespace is
@@ -126,7 +131,11 @@ pub struct OtelConfig {
     pub protocol: String,
 
     /// service.name of the exported spans.
-    #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME", default_value = "comments")]
+    #[arg(
+        long = "otel-service-name",
+        env = "OTEL_SERVICE_NAME",
+        default_value = "comments"
+    )]
     pub service_name: String,
 
     /// Extra resource attributes, key=value,key=value.

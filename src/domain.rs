@@ -120,7 +120,10 @@ pub struct CommentText(String);
 impl CommentText {
     pub fn parse(raw: String) -> Result<Self, Invalid> {
         if raw.trim().is_empty() {
-            return Err(Invalid::new("comment", "must not be empty or only whitespace"));
+            return Err(Invalid::new(
+                "comment",
+                "must not be empty or only whitespace",
+            ));
         }
         if raw.chars().count() > COMMENT_MAX_CHARS {
             return Err(Invalid::new("comment", "must be at most 4000 characters"));

@@ -18,11 +18,19 @@ pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
 /// `Ok` when `/readyz` answers 200 within `timeout`; otherwise what went wrong.
 pub fn check(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
-    stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
     write!(
         stream,
         "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: comments-healthcheck\r\nConnection: close\r\n\r\n"

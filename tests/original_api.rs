@@ -19,7 +19,11 @@ const QUEUE_2: [&str; 3] = [
 async fn the_seed_curl_sequence_answers_byte_for_byte(db: Db) {
     let app = TestApp::spawn(db).await;
 
-    for (body, content_id) in QUEUE_1.iter().map(|b| (b, 1)).chain(QUEUE_2.iter().map(|b| (b, 2))) {
+    for (body, content_id) in QUEUE_1
+        .iter()
+        .map(|b| (b, 1))
+        .chain(QUEUE_2.iter().map(|b| (b, 2)))
+    {
         let reply = app.post_json("/api/comment/new", body).await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.header("content-type"), Some("application/json"));
@@ -79,7 +83,10 @@ async fn integer_and_string_content_ids_are_one_item(db: Db) {
     // A string id that is not a number is its own item, as in the original.
     let named = r#"{"email":"c@example.com","comment":"named","content_id":"post-42.v2_b"}"#;
     assert_eq!(app.post_json("/api/comment/new", named).await.status, 200);
-    assert_eq!(app.get("/api/comment/list/post-42.v2_b").await.json()[0]["comment"], "named");
+    assert_eq!(
+        app.get("/api/comment/list/post-42.v2_b").await.json()[0]["comment"],
+        "named"
+    );
     app.stop().await;
 }
 
@@ -96,7 +103,8 @@ async fn stored_text_comes_back_exactly_as_sent(db: Db) {
         "\u{feff}BOM and \u{200b}zero width",
     ];
     for text in texts {
-        let body = serde_json::json!({"email": "x@example.com", "comment": text, "content_id": "odd"});
+        let body =
+            serde_json::json!({"email": "x@example.com", "comment": text, "content_id": "odd"});
         let reply = app.post_json("/api/comment/new", &body.to_string()).await;
         assert_eq!(reply.status, 200, "{text:?}: {}", reply.text());
     }

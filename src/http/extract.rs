@@ -42,7 +42,12 @@ fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -50,6 +55,16 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// Parses JSON, telling syntax errors (400) from well-formed JSON of the wrong shape (422, with
 /// the path of the offending field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would read a struct from an array too; every body of this API is an object.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::Invalid("body: must be a JSON object".into()),
+                Err(err) => ApiError::MalformedJson(format!("malformed JSON: {err}")),
+            },
+        );
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -81,7 +96,11 @@ fn without_position(err: &serde_json::Error) -> String {
 }
 
 /// One path parameter, decoded as a string (bad percent-encoding is a 422, not a plain-text 400).
-async fn path_param(parts: &mut Parts, state: &AppState, field: &'static str) -> Result<String, ApiError> {
+async fn path_param(
+    parts: &mut Parts,
+    state: &AppState,
+    field: &'static str,
+) -> Result<String, ApiError> {
     Path::<String>::from_request_parts(parts, state)
         .await
         .map(|Path(raw)| raw)
@@ -135,7 +154,9 @@ impl FromRequestParts<AppState> for PageQuery {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Query(params) = Query::<ListParams>::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| ApiError::Invalid(format!("query string: {}", rejection.body_text())))?;
+            .map_err(|rejection| {
+                ApiError::Invalid(format!("query string: {}", rejection.body_text()))
+            })?;
         let limit = match params.limit.as_deref() {
             None => DEFAULT_PAGE_SIZE,
             Some(raw) => match raw.parse::<u32>() {
@@ -195,7 +216,13 @@ mod tests {
         ] {
             assert!(is_json(&content_type(good)), "{good}");
         }
-        for bad in ["text/plain", "application/x-www-form-urlencoded", "json", "+json", ""] {
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "json",
+            "+json",
+            "",
+        ] {
             assert!(!is_json(&content_type(bad)), "{bad}");
         }
         assert!(!is_json(&HeaderMap::new()));
@@ -209,14 +236,26 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_400_and_shape_errors_422_naming_the_field() {
-        let status = |raw: &str| parse_json::<Body>(raw.as_bytes()).unwrap_err().status().as_u16();
+        let status = |raw: &str| {
+            parse_json::<Body>(raw.as_bytes())
+                .unwrap_err()
+                .status()
+                .as_u16()
+        };
         assert_eq!(status("{"), 400);
         assert_eq!(status(""), 400);
         assert_eq!(status("{\"email\":\"a\"} trailing"), 400);
         assert_eq!(status("{\"email\":5}"), 422);
         assert_eq!(status("{}"), 422);
         assert_eq!(status("[]"), 422);
-        let message = parse_json::<Body>(b"{\"email\":5}").unwrap_err().to_string();
-        assert_eq!(message, "email: invalid type: integer `5`, expected a string");
+        assert_eq!(status("[1,"), 400);
+        assert_eq!(status("\"text\""), 422);
+        let message = parse_json::<Body>(b"{\"email\":5}")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "email: invalid type: integer `5`, expected a string"
+        );
     }
 }

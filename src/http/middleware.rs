@@ -109,7 +109,11 @@ impl<B> OnResponse<B> for LogResponse {
 }
 
 /// Counts and times every request by method, route template and status.
-pub async fn track_metrics(State(state): State<AppState>, request: Request, next: Next) -> impl IntoResponse {
+pub async fn track_metrics(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> impl IntoResponse {
     let started = Instant::now();
     let method = method_label(request.method());
     let route = route_of(&request).to_owned();

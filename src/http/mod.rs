@@ -101,10 +101,7 @@ pub fn metrics_router(metrics: Metrics) -> Router {
             let metrics = metrics.clone();
             async move {
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        prometheus::TEXT_FORMAT,
-                    )],
+                    [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
                     metrics.render(),
                 )
             }
@@ -129,10 +126,6 @@ async fn overload_or_timeout(err: BoxError) -> Response {
         ApiError::Timeout.into_response()
     } else {
         tracing::error!(error = %err, "middleware failed");
-        crate::error::json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERROR",
-            "internal error",
-        )
+        crate::error::json_response(StatusCode::INTERNAL_SERVER_ERROR, "ERROR", "internal error")
     }
 }

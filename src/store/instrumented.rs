@@ -47,8 +47,7 @@ impl Instrumented {
             db.operation.name = operation,
         );
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, call.instrument(span.clone())).await
-        {
+        let result = match tokio::time::timeout(self.timeout, call.instrument(span.clone())).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "storage did not answer within {:?}",
@@ -87,7 +86,8 @@ impl CommentStore for Instrumented {
     }
 
     async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
-        self.observe("list", self.inner.list(content_id, page)).await
+        self.observe("list", self.inner.list(content_id, page))
+            .await
     }
 
     async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {

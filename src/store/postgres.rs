@@ -151,7 +151,12 @@ impl CommentStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        if let Some(reason) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(reason) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Err(StoreError::Unavailable(reason));
         }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -177,10 +182,12 @@ async fn replay(
     .fetch_optional(pool)
     .await?;
     let Some(id) = earlier else { return Ok(None) };
-    Ok(Some(match fetch_comment(pool, CommentId::from_stored(id)).await? {
-        Some(first) if first.matches(new) => Ok(Created::Replayed(first)),
-        _ => Err(StoreError::KeyReused),
-    }))
+    Ok(Some(
+        match fetch_comment(pool, CommentId::from_stored(id)).await? {
+            Some(first) if first.matches(new) => Ok(Created::Replayed(first)),
+            _ => Err(StoreError::KeyReused),
+        },
+    ))
 }
 
 async fn fetch_comment<'c>(

@@ -68,7 +68,9 @@ enum WriteOp {
         reply: Reply<u64>,
     },
     /// Everything queued before this is committed, then the writer closes its connection.
-    Close { done: oneshot::Sender<()> },
+    Close {
+        done: oneshot::Sender<()>,
+    },
 }
 
 impl SqliteStore {
@@ -103,10 +105,7 @@ impl SqliteStore {
     /// Queues a write and waits until the batch holding it has committed.
     async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(op(reply))
-            .await
-            .map_err(|_| closed())?;
+        self.writer.send(op(reply)).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 }
@@ -131,7 +130,8 @@ impl CommentStore for SqliteStore {
         new: NewComment,
         key: Option<IdempotencyKey>,
     ) -> Result<Created, StoreError> {
-        self.write(|reply| WriteOp::Create { new, key, reply }).await
+        self.write(|reply| WriteOp::Create { new, key, reply })
+            .await
     }
 
     async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
@@ -180,7 +180,10 @@ impl CommentStore for SqliteStore {
 async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<WriteOp>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let close = match batch.iter().position(|op| matches!(op, WriteOp::Close { .. })) {
+        let close = match batch
+            .iter()
+            .position(|op| matches!(op, WriteOp::Close { .. }))
+        {
             Some(at) => batch.drain(at..).next(),
             None => None,
         };
@@ -205,7 +208,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
         let mut tx = conn.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
         for op in batch.iter() {
-            results.push(apply(&mut *tx, op).await?);
+            results.push(apply(&mut tx, op).await?);
         }
         tx.commit().await?;
         Ok::<_, StoreError>(results)
@@ -237,7 +240,9 @@ enum Applied {
 
 async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Applied, StoreError> {
     Ok(match op {
-        WriteOp::Create { new, key, .. } => Applied::Created(create(conn, new, key.as_ref()).await?),
+        WriteOp::Create { new, key, .. } => {
+            Applied::Created(create(conn, new, key.as_ref()).await?)
+        }
         WriteOp::Delete { id, .. } => {
             let done = sqlx::query("DELETE FROM comments WHERE id = ?1")
                 .bind(id.get())
@@ -271,10 +276,12 @@ async fn create(
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(id) = earlier {
-            return Ok(match fetch_comment(&mut *conn, CommentId::from_stored(id)).await? {
-                Some(first) if first.matches(new) => Ok(Created::Replayed(first)),
-                _ => Err(StoreError::KeyReused),
-            });
+            return Ok(
+                match fetch_comment(&mut *conn, CommentId::from_stored(id)).await? {
+                    Some(first) if first.matches(new) => Ok(Created::Replayed(first)),
+                    _ => Err(StoreError::KeyReused),
+                },
+            );
         }
     }
 
@@ -316,7 +323,10 @@ fn answer(op: WriteOp, applied: Applied) {
         (WriteOp::PurgeKeys { reply }, Applied::Purged(count)) => {
             let _ = reply.send(Ok(count));
         }
-        (op, _) => fail(op, StoreError::Unavailable("writer bookkeeping mismatch".into())),
+        (op, _) => fail(
+            op,
+            StoreError::Unavailable("writer bookkeeping mismatch".into()),
+        ),
     }
 }
 

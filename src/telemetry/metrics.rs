@@ -84,7 +84,9 @@ impl Metrics {
             Box::new(super::traces::SPANS_EXPORT_FAILED.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
 
         Self {

@@ -127,7 +127,9 @@ impl Tracing {
 
     /// Flushes queued spans and stops the exporter. Blocking, so it runs off the async threads.
     pub async fn shutdown(self) {
-        let Some(provider) = self.provider else { return };
+        let Some(provider) = self.provider else {
+            return;
+        };
         let flushed = tokio::task::spawn_blocking(move || {
             let result = provider.shutdown_with_timeout(FLUSH_TIMEOUT);
             drop(provider);
@@ -158,10 +160,7 @@ fn sampler(name: &str, arg: Option<f64>) -> Sampler {
 
 /// `service.name`, `service.version` and `OTEL_RESOURCE_ATTRIBUTES` (`key=value,key=value`).
 fn resource(otel: &OtelConfig) -> Result<Resource, String> {
-    let mut attributes = vec![KeyValue::new(
-        "service.version",
-        env!("CARGO_PKG_VERSION"),
-    )];
+    let mut attributes = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))];
     for pair in otel
         .resource_attributes
         .as_deref()
@@ -169,10 +168,13 @@ fn resource(otel: &OtelConfig) -> Result<Resource, String> {
         .split(',')
         .filter(|p| !p.trim().is_empty())
     {
-        let (key, value) = pair.split_once('=').ok_or_else(|| {
-            format!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value")
-        })?;
-        attributes.push(KeyValue::new(key.trim().to_owned(), value.trim().to_owned()));
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value"))?;
+        attributes.push(KeyValue::new(
+            key.trim().to_owned(),
+            value.trim().to_owned(),
+        ));
     }
     Ok(Resource::builder_empty()
         .with_attributes(attributes)

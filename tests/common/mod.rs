@@ -22,7 +22,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(crate::common::Db::sqlite().await).await;
+                    super::$name($crate::common::Db::sqlite().await).await;
                 }
             )+
         }
@@ -30,7 +30,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(crate::common::Db::postgres().await).await;
+                    super::$name($crate::common::Db::postgres().await).await;
                 }
             )+
         }
@@ -205,8 +205,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        Reply::from(self.client.get(self.url(path)).send().await.expect("GET"))
-            .await
+        Reply::from(self.client.get(self.url(path)).send().await.expect("GET")).await
     }
 
     /// POST with `Content-Type: application/json` and the body exactly as given.
@@ -312,6 +311,8 @@ impl Server {
         for (key, value) in env {
             command.env(key, value);
         }
+        // Reaped by `Server::wait` or by `Drop`.
+        #[allow(clippy::zombie_processes)]
         let mut child = command.spawn().expect("spawn comments");
         let stdout = child.stdout.take().expect("stdout");
         let (lines, logs) = mpsc::channel();
@@ -348,11 +349,8 @@ impl Server {
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            signal,
-        )
-        .expect("signal the server");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .expect("signal the server");
     }
 
     /// Waits for the process to exit, up to `limit`; kills it if it does not.

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the project on this machine, installing what they need first (idempotent):
+#   scripts/test.sh
+# Stages run in order and the script stops at the first failure; each prints how long it took.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/lib/tools.sh"
+. "$ROOT/scripts/lib/build-env.sh"
+cd "$ROOT"
+
+summary() {
+  log "stage times:"
+  printf '  %s\n' "${STAGE_TIMES[@]}" >&2
+}
+trap summary EXIT
+
+run() { stage "$@" || exit 1; }
+
+run "postgres" ensure_postgres
+run "cargo fmt --check" cargo fmt --all -- --check
+run "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
+# One static release compilation serves the binary, the test binaries, the image and the bench.
+run "build (static release)" cargo build --locked --release --target "$TARGET" --bins
+run "build tests" cargo test --locked --release --target "$TARGET" --no-run
+run "cargo test" cargo test --locked --release --target "$TARGET"
