@@ -8,9 +8,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, Response, StatusCode};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
+use opentelemetry::trace::TraceContextExt;
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{AppState, REQUEST_ID};
 use crate::telemetry::metrics::{Metrics, UNMATCHED_ROUTE};
@@ -68,25 +70,53 @@ impl<B> MakeSpan<B> for RequestSpan {
     fn make_span(&mut self, request: &axum::http::Request<B>) -> Span {
         let method = method_label(request.method());
         let route = route_of(request);
-        let request_id = request
-            .headers()
+        let headers = request.headers();
+        let request_id = headers
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "request",
             otel.name = format!("{method} {route}"),
             otel.kind = "server",
             otel.status_code = Empty,
-            method,
-            route,
-            request_id,
             http.request.method = method,
             http.route = route,
             url.path = request.uri().path(),
             http.response.status_code = Empty,
-        )
+            request_id,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        // Continue the caller's trace (W3C traceparent). Without the OpenTelemetry layer (traces
+        // off) this does nothing and the log still carries the caller's trace id.
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+        });
+        let _ = span.set_parent(parent);
+        let context = span.context();
+        let ours = context.span().span_context().clone();
+        if ours.is_valid() {
+            span.record("trace_id", tracing::field::display(ours.trace_id()));
+            span.record("span_id", tracing::field::display(ours.span_id()));
+        } else if let Some(trace_id) = caller_trace_id(headers) {
+            span.record("trace_id", trace_id);
+        }
+        span
     }
+}
+
+/// The trace id of a valid `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn caller_trace_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (_version, trace_id) = (parts.next()?, parts.next()?);
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    (trace_id.len() == 32 && hex(trace_id) && trace_id.bytes().any(|b| b != b'0'))
+        .then_some(trace_id)
 }
 
 /// The one log line per request.
@@ -96,7 +126,7 @@ pub struct LogResponse;
 impl<B> OnResponse<B> for LogResponse {
     fn on_response(self, response: &Response<B>, latency: Duration, span: &Span) {
         let status = response.status().as_u16();
-        span.record("http.response.status_code", status);
+        span.record("http.response.status_code", i64::from(status));
         if response.status().is_server_error() {
             span.record("otel.status_code", "ERROR");
         }

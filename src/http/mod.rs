@@ -93,20 +93,21 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .with_state(state)
 }
 
-/// The metrics router, for the second listener.
+/// The metrics router, for the second listener: `/metrics` in the Prometheus text format.
 pub fn metrics_router(metrics: Metrics) -> Router {
-    Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                    metrics.render(),
-                )
-            }
-        }),
+    Router::new()
+        .route("/metrics", axum::routing::get(serve_metrics))
+        .with_state(metrics)
+}
+
+async fn serve_metrics(axum::extract::State(metrics): axum::extract::State<Metrics>) -> Response {
+    // The text exposition format, labelled as the Go client does.
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        metrics.render(),
     )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

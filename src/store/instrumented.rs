@@ -33,14 +33,16 @@ impl Instrumented {
         }
     }
 
+    /// `name` is the span name, `store.<operation>`.
     async fn observe<T>(
         &self,
-        operation: &'static str,
+        name: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let operation = name.strip_prefix("store.").unwrap_or(name);
         let span = tracing::info_span!(
             "store",
-            otel.name = operation,
+            otel.name = name,
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             db.system.name = self.system,
@@ -78,7 +80,9 @@ impl CommentStore for Instrumented {
         new: NewComment,
         key: Option<IdempotencyKey>,
     ) -> Result<Created, StoreError> {
-        let created = self.observe("create", self.inner.create(new, key)).await;
+        let created = self
+            .observe("store.create", self.inner.create(new, key))
+            .await;
         if let Ok(Created::New(_)) = created {
             self.metrics.comments_created.inc();
         }
@@ -86,25 +90,25 @@ impl CommentStore for Instrumented {
     }
 
     async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
-        self.observe("list", self.inner.list(content_id, page))
+        self.observe("store.list", self.inner.list(content_id, page))
             .await
     }
 
     async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
-        self.observe("get", self.inner.get(id)).await
+        self.observe("store.get", self.inner.get(id)).await
     }
 
     async fn delete(&self, id: CommentId) -> Result<bool, StoreError> {
-        self.observe("delete", self.inner.delete(id)).await
+        self.observe("store.delete", self.inner.delete(id)).await
     }
 
     async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
-        self.observe("purge_expired_keys", self.inner.purge_expired_keys())
+        self.observe("store.purge_expired_keys", self.inner.purge_expired_keys())
             .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.observe("ping", self.inner.ping()).await
+        self.observe("store.ping", self.inner.ping()).await
     }
 
     async fn close(&self) {

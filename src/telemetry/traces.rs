@@ -26,8 +26,9 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::OtelConfig;
 
-/// Spans waiting for export; beyond this they are dropped and counted.
-const MAX_QUEUED_SPANS: usize = 2048;
+/// Spans waiting for export; beyond this they are dropped and counted. `OTEL_BSP_MAX_QUEUE_SIZE`
+/// overrides it, as the SDK's other `OTEL_BSP_*` batch settings do.
+const DEFAULT_MAX_QUEUED_SPANS: usize = 2048;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the last spans to reach the collector.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,14 +80,19 @@ impl Tracing {
         }
         .map_err(|err| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {err}"))?;
 
-        let queue = std::sync::Arc::new(AtomicUsize::new(0));
+        let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_MAX_QUEUED_SPANS);
+        let queued = std::sync::Arc::new(AtomicUsize::new(0));
         let batch = BatchSpanProcessor::builder(CountingExporter {
             inner: exporter,
-            queued: queue.clone(),
+            queued: queued.clone(),
         })
         .with_batch_config(
             BatchConfigBuilder::default()
-                .with_max_queue_size(MAX_QUEUED_SPANS)
+                .with_max_queue_size(capacity)
                 .build(),
         )
         .build();
@@ -94,7 +100,8 @@ impl Tracing {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BoundedQueue {
                 inner: batch,
-                queued: queue,
+                queued,
+                capacity,
             })
             .with_sampler(sampler(&otel.sampler, otel.sampler_arg))
             .with_resource(resource(otel)?)
@@ -121,6 +128,10 @@ impl Tracing {
             .with_default(LevelFilter::OFF);
         let layer: OpenTelemetryLayer<S, SdkTracer> = tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            // Attributes say what happened, not where in our code or on which thread.
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_error_records_to_exceptions(true);
         Some(layer.with_filter(only_ours))
     }
@@ -188,6 +199,7 @@ fn resource(otel: &OtelConfig) -> Result<Resource, String> {
 struct BoundedQueue {
     inner: BatchSpanProcessor,
     queued: std::sync::Arc<AtomicUsize>,
+    capacity: usize,
 }
 
 impl SpanProcessor for BoundedQueue {
@@ -196,7 +208,7 @@ impl SpanProcessor for BoundedQueue {
     }
 
     fn on_end(&self, span: SpanData) {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_SPANS {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             SPANS_DROPPED.inc();
             return;
@@ -210,6 +222,10 @@ impl SpanProcessor for BoundedQueue {
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
