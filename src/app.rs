@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::BuildInfo;
 use crate::auth::AdminToken;
 use crate::config::Config;
 use crate::http::{self, AppState, Limits};
+use crate::server::{self, ConnectionLimits};
 use crate::shutdown::{self, Lifecycle};
 use crate::store::instrumented::Instrumented;
 use crate::store::{self, Backend, SharedStore, StoreOptions};
@@ -34,6 +34,7 @@ pub struct App {
     metrics_router: Router,
     store: SharedStore,
     lifecycle: Lifecycle,
+    connection_limits: ConnectionLimits,
     shutdown_delay: Duration,
     shutdown_timeout: Duration,
 }
@@ -96,6 +97,11 @@ impl App {
             metrics_router: http::metrics_router(metrics),
             store,
             lifecycle,
+            connection_limits: ConnectionLimits {
+                max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+                header_read_timeout: config.header_read_timeout,
+                max_connection_age: config.max_connection_age,
+            },
             shutdown_delay: config.shutdown_delay,
             shutdown_timeout: config.shutdown_timeout,
         })
@@ -153,24 +159,26 @@ impl App {
         });
         let purge = tokio::spawn(purge_expired_keys(self.store.clone()));
 
-        let nodelay = |io: &mut tokio::net::TcpStream| {
-            let _ = io.set_nodelay(true);
-        };
-        let api = axum::serve(self.api_listener.tap_io(nodelay), self.router)
-            .with_graceful_shutdown({
-                let lifecycle = lifecycle.clone();
-                async move { lifecycle.accepting_stopped().await }
-            });
+        let limits = self.connection_limits;
+        let mut api = tokio::spawn({
+            let lifecycle = lifecycle.clone();
+            let stop = async move { lifecycle.accepting_stopped().await };
+            let drained = server::serve(self.api_listener, self.router, limits, stop);
+            async move { drained.await.await }
+        });
+        // Metrics stay up through the drain so the last scrape sees it.
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-        let metrics = axum::serve(self.metrics_listener.tap_io(nodelay), self.metrics_router)
-            .with_graceful_shutdown(async move {
+        let metrics = tokio::spawn({
+            let stop = async move {
                 let _ = metrics_stopped.await;
-            });
-        let metrics = tokio::spawn(metrics.into_future());
-        let mut api = tokio::spawn(api.into_future());
+            };
+            let drained = server::serve(self.metrics_listener, self.metrics_router, limits, stop);
+            async move { drained.await.await }
+        });
 
         let outcome = tokio::select! {
-            finished = &mut api => Err(StartupError(format!("API server stopped: {finished:?}"))),
+            // Checked first: after a shutdown the server task ends too, and that is no error.
+            biased;
             () = lifecycle.accepting_stopped() => {
                 tracing::info!(timeout_ms = self.shutdown_timeout.as_millis() as u64, "listener closed; finishing in-flight requests");
                 match tokio::time::timeout(self.shutdown_timeout, &mut api).await {
@@ -182,9 +190,9 @@ impl App {
                 }
                 Ok(())
             }
+            finished = &mut api => Err(StartupError(format!("API server stopped: {finished:?}"))),
         };
 
-        // Metrics stay up through the drain so the last scrape sees it.
         let _ = metrics_stop.send(());
         let _ = metrics.await;
         for task in [signals, delay, purge] {

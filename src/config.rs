@@ -99,6 +99,23 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrency: u64,
 
+    /// Most open connections; beyond it new connections are closed at once (bounds memory under
+    /// connection floods).
+    #[arg(long, env = "COMMENTS_MAX_CONNECTIONS", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Longest a connection may take to send a request head, counted from when the server waits
+    /// for one: bounds slow clients and idle keep-alive connections. Keep it above the idle
+    /// timeout of the load balancer in front (60s for AWS ALB and ingress-nginx).
+    #[arg(long, env = "COMMENTS_HEADER_READ_TIMEOUT", default_value = "65s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Connections older than this are closed after their current request, so keep-alive
+    /// clients spread over new replicas.
+    #[arg(long, env = "COMMENTS_MAX_CONNECTION_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
     /// Bearer token for admin endpoints (DELETE). Without one, deleting is off.
     #[arg(
         long,

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod healthcheck;
 pub mod http;
+pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
