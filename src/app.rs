@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::BuildInfo;
 use crate::auth::AdminToken;
 use crate::config::Config;
+use crate::http::rate_limit::{self, WriteRateLimit};
 use crate::http::{self, AppState, Limits};
 use crate::server::{self, ConnectionLimits};
 use crate::shutdown::{self, Lifecycle};
@@ -18,8 +19,8 @@ use crate::store::instrumented::Instrumented;
 use crate::store::{self, Backend, SharedStore, StoreOptions};
 use crate::telemetry::metrics::Metrics;
 
-/// How often expired idempotency keys are purged.
-const KEY_PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// How often housekeeping runs (see [`maintain`]).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A fatal start-up problem, printed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,7 @@ pub struct App {
     store: SharedStore,
     lifecycle: Lifecycle,
     connection_limits: ConnectionLimits,
+    rate_limits: Option<Arc<rate_limit::Config>>,
     shutdown_delay: Duration,
     shutdown_timeout: Duration,
 }
@@ -54,18 +56,13 @@ impl App {
         let options = StoreOptions {
             url: config.database_url.clone(),
             max_connections: config.database_max_connections,
-            acquire_timeout: config.storage_timeout,
+            timeout: config.storage_timeout,
             sqlite_synchronous: config.sqlite_synchronous,
         };
         let opened = store::open(&options)
             .await
             .map_err(|err| StartupError(format!("COMMENTS_DATABASE_URL: {err}")))?;
-        let store: SharedStore = Arc::new(Instrumented::new(
-            opened,
-            backend,
-            metrics.clone(),
-            config.storage_timeout,
-        ));
+        let store: SharedStore = Arc::new(Instrumented::new(opened, backend, metrics.clone()));
 
         let bind = |addr: SocketAddr, var: &'static str| async move {
             TcpListener::bind(addr)
@@ -87,13 +84,23 @@ impl App {
         };
         let limits = Limits {
             request_timeout: config.request_timeout,
+            body_read_timeout: config.body_read_timeout,
             max_body_bytes: config.max_body_bytes,
             max_concurrency: usize::try_from(config.max_concurrency).unwrap_or(usize::MAX),
+            write_rate_limit: (config.write_rate_limit > 0.0).then(|| {
+                rate_limit::config(WriteRateLimit {
+                    per_second: config.write_rate_limit,
+                    burst: config.write_rate_burst,
+                    trust_forwarded_for: config.trust_forwarded_for,
+                })
+            }),
         };
+        let rate_limits = limits.write_rate_limit.clone();
         Ok(Self {
             api_listener,
             metrics_listener,
             router: http::router(state, limits),
+            rate_limits,
             metrics_router: http::metrics_router(metrics),
             store,
             lifecycle,
@@ -157,7 +164,7 @@ impl App {
                 lifecycle.stop_accepting();
             }
         });
-        let purge = tokio::spawn(purge_expired_keys(self.store.clone()));
+        let purge = tokio::spawn(maintain(self.store.clone(), self.rate_limits.clone()));
 
         let limits = self.connection_limits;
         let mut api = tokio::spawn({
@@ -204,11 +211,16 @@ impl App {
     }
 }
 
-async fn purge_expired_keys(store: SharedStore) {
-    let mut every = tokio::time::interval(KEY_PURGE_INTERVAL);
+/// Housekeeping: forget expired idempotency keys and rate-limit buckets of clients gone quiet,
+/// so neither grows without bound.
+async fn maintain(store: SharedStore, rate_limits: Option<Arc<rate_limit::Config>>) {
+    let mut every = tokio::time::interval(MAINTENANCE_INTERVAL);
     every.tick().await;
     loop {
         every.tick().await;
+        if let Some(config) = &rate_limits {
+            config.limiter().retain_recent();
+        }
         match store.purge_expired_keys().await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),

@@ -84,9 +84,14 @@ pub struct Config {
     #[arg(long, env = "COMMENTS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Longest a request may take, body included, before it gets a 408.
+    /// Longest the server may take to answer a request before it gets a 503 (its time to send
+    /// the body counts too, bounded separately by the body read timeout).
     #[arg(long, env = "COMMENTS_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// Longest a client may take to send a request body; slower clients get a 408.
+    #[arg(long, env = "COMMENTS_BODY_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
 
     /// Largest request body accepted; larger ones get a 413.
     #[arg(long, env = "COMMENTS_MAX_BODY_BYTES", default_value_t = 64 * 1024,
@@ -115,6 +120,21 @@ pub struct Config {
     /// clients spread over new replicas.
     #[arg(long, env = "COMMENTS_MAX_CONNECTION_AGE", default_value = "10m", value_parser = parse_duration)]
     pub max_connection_age: Duration,
+
+    /// Per-client limit on writes (POST and DELETE), in requests per second; 0 turns it off.
+    /// Beyond it a client gets 429 with Retry-After.
+    #[arg(long, env = "COMMENTS_WRITE_RATE_LIMIT", default_value_t = 0.0, value_parser = parse_rate)]
+    pub write_rate_limit: f64,
+
+    /// Writes a client may make at once before the rate limit applies.
+    #[arg(long, env = "COMMENTS_WRITE_RATE_BURST", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub write_rate_burst: u32,
+
+    /// Identify rate-limited clients by the last X-Forwarded-For entry (set by the proxy in
+    /// front) instead of the peer address. Only behind a proxy that sets the header.
+    #[arg(long, env = "COMMENTS_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
 
     /// Bearer token for admin endpoints (DELETE). Without one, deleting is off.
     #[arg(
@@ -271,6 +291,13 @@ fn env_of(arg: &str) -> Option<String> {
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw.trim())
         .map_err(|err| format!("{err}; expected a duration such as 5s, 500ms or 1m"))
+}
+
+fn parse_rate(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err("expected requests per second, 0 or more (0 turns the limit off)".into()),
+    }
 }
 
 fn parse_ratio(raw: &str) -> Result<f64, String> {

@@ -34,7 +34,7 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("the request took longer than the server allows")]
+    #[error("the request body did not arrive within the body read timeout")]
     Timeout,
 }
 
@@ -66,7 +66,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::KeyReused => ApiError::Conflict(err.to_string()),
             // The cause goes to the log (by the caller's span); the client gets no internals.
-            StoreError::Unavailable(cause) => {
+            StoreError::Unavailable(cause) | StoreError::TimedOut(cause) => {
                 tracing::warn!(%cause, "storage unavailable");
                 ApiError::Unavailable("storage is unavailable, retry later".into())
             }

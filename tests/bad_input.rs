@@ -436,10 +436,10 @@ async fn every_bad_request_gets_its_json_error_and_stores_nothing(db: Db) {
 both_backends!(every_bad_request_gets_its_json_error_and_stores_nothing);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_slower_than_the_timeout_gets_a_json_408() {
+async fn a_body_slower_than_the_body_read_timeout_gets_a_json_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn_with(Db::sqlite().await, |config| {
-        config.request_timeout = std::time::Duration::from_millis(300)
+        config.body_read_timeout = std::time::Duration::from_millis(300)
     })
     .await;
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -461,7 +461,7 @@ async fn a_request_slower_than_the_timeout_gets_a_json_408() {
     );
     assert!(
         answer.ends_with(
-            r#"{"status":"ERROR","message":"the request took longer than the server allows"}"#
+            r#"{"status":"ERROR","message":"the request body did not arrive within the body read timeout"}"#
         ),
         "{answer}"
     );

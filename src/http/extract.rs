@@ -28,10 +28,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
                     ApiError::PayloadTooLarge(state.max_body_bytes)
                 }
+                other if caused_by_timeout(&other) => ApiError::Timeout,
                 _ => ApiError::MalformedJson("the request body could not be read".into()),
             })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Whether a body read failed because the client was too slow (the body deadline layer).
+fn caused_by_timeout(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = cause {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// `application/json`, with or without parameters such as `charset`, or any `+json` type.

@@ -179,14 +179,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A handler panicked: log it (inside the request span, so with the request id) and answer with
-/// the JSON error shape instead of dropping the connection.
-pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<axum::body::Body> {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    tracing::error!(panic = %detail, "handler panicked");
-    crate::error::json_response(StatusCode::INTERNAL_SERVER_ERROR, "ERROR", "internal error")
+/// A handler panicked: count it, log it (inside the request span, so with the request id) and
+/// answer with the JSON error shape instead of dropping the connection.
+pub fn panic_response(
+    metrics: Metrics,
+) -> impl Fn(Box<dyn Any + Send + 'static>) -> Response<axum::body::Body> + Clone {
+    move |panic| {
+        metrics.http_panics.inc();
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(panic = %detail, "handler panicked");
+        crate::error::json_response(StatusCode::INTERNAL_SERVER_ERROR, "ERROR", "internal error")
+    }
 }

@@ -8,20 +8,24 @@ pub mod health;
 pub mod middleware;
 pub mod openapi;
 pub mod original;
+pub mod rate_limit;
 pub mod v1;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::BuildInfo;
@@ -46,11 +50,13 @@ pub struct AppState {
 }
 
 /// Limits the router applies to every request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Limits {
     pub request_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_concurrency: usize,
+    pub write_rate_limit: Option<Arc<rate_limit::Config>>,
 }
 
 /// The API router: every route, the OpenAPI document built from the same handlers, and the
@@ -58,37 +64,57 @@ pub struct Limits {
 pub fn router(state: AppState, limits: Limits) -> Router {
     // The API routes are limited and shed under load; the probes are not, so an overloaded pod is
     // not also restarted or pulled from service for being busy.
-    let api = OpenApiRouter::with_openapi(openapi::base())
+    let mut api = OpenApiRouter::with_openapi(openapi::base())
         .merge(original::routes())
-        .merge(v1::routes())
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(overload_or_timeout))
-                .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrency))
-                .timeout(limits.request_timeout),
-        );
-    let (api, document) = api.merge(health::routes()).split_for_parts();
+        .merge(v1::routes());
+    if let Some(config) = &limits.write_rate_limit {
+        api = api.layer(rate_limit::layer(config.clone()));
+    }
+    let api = api.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(overload_or_timeout))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrency))
+            .timeout(limits.request_timeout),
+    );
+    let (routes, document) = api.merge(health::routes()).split_for_parts();
     let state = AppState {
         openapi_json: openapi::render(document),
         ..state
     };
+    with_shared_layers(routes, state, limits)
+}
 
-    api.fallback(not_found)
+/// What every route shares, outermost first: request id, security headers, the request span and
+/// log line, metrics, panic recovery, JSON 404/405, the body limits (size and time).
+pub fn with_shared_layers(routes: Router<AppState>, state: AppState, limits: Limits) -> Router {
+    let max_body = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    routes
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(
-            usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
-        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyDeadlineLayer::new(limits.body_read_timeout))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ))
+                // Nothing here is meant to render in a browser: no scripts, frames or loads.
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+                ))
                 .layer(middleware::trace_layer())
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     middleware::track_metrics,
                 ))
-                .layer(CatchPanicLayer::custom(middleware::panic_response)),
+                .layer(CatchPanicLayer::custom(middleware::panic_response(
+                    state.metrics.clone(),
+                ))),
         )
         .with_state(state)
 }
@@ -124,7 +150,8 @@ async fn overload_or_timeout(err: BoxError) -> Response {
         ApiError::Unavailable("the server is at its concurrency limit, retry later".into())
             .into_response()
     } else if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Timeout.into_response()
+        ApiError::Unavailable("the server did not answer within the request timeout".into())
+            .into_response()
     } else {
         tracing::error!(error = %err, "middleware failed");
         crate::error::json_response(StatusCode::INTERNAL_SERVER_ERROR, "ERROR", "internal error")

@@ -226,6 +226,8 @@ impl FromRequestParts<AppState> for Admin {
         if token.authorizes(&parts.headers) {
             Ok(Admin)
         } else {
+            state.metrics.admin_auth_failures.inc();
+            tracing::warn!("admin request refused: missing or wrong bearer token");
             Err(ApiError::Unauthorized)
         }
     }

@@ -1,9 +1,9 @@
-//! A store wrapper that times every operation (metric and span) and bounds how long it may take,
-//! so a database that hangs turns into a quick 503 instead of a request stuck until the client
-//! gives up. The backends stay free of telemetry.
+//! A store wrapper that times every operation (a metric and a span), so the backends stay free
+//! of telemetry. Each backend bounds its own operations (see `StoreOptions::timeout`): only the
+//! backend knows when giving up still guarantees a write was not applied.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tracing::Instrument;
@@ -15,12 +15,11 @@ use crate::telemetry::metrics::Metrics;
 pub struct Instrumented {
     inner: SharedStore,
     metrics: Metrics,
-    timeout: Duration,
     system: &'static str,
 }
 
 impl Instrumented {
-    pub fn new(inner: SharedStore, backend: Backend, metrics: Metrics, timeout: Duration) -> Self {
+    pub fn new(inner: SharedStore, backend: Backend, metrics: Metrics) -> Self {
         let system = match backend {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgresql",
@@ -28,7 +27,6 @@ impl Instrumented {
         Self {
             inner,
             metrics,
-            timeout,
             system,
         }
     }
@@ -49,17 +47,11 @@ impl Instrumented {
             db.operation.name = operation,
         );
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, call.instrument(span.clone())).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "storage did not answer within {:?}",
-                self.timeout
-            ))),
-        };
+        let result = call.instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(StoreError::KeyReused) => "conflict",
-            Err(StoreError::Unavailable(_)) if started.elapsed() >= self.timeout => "timeout",
+            Err(StoreError::TimedOut(_)) => "timeout",
             Err(StoreError::Unavailable(_)) => "error",
         };
         if matches!(outcome, "error" | "timeout") {

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// The database did not answer, or answered with an error that a retry may fix.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The operation did not finish within the storage timeout. For a write this means it was
+    /// not applied (see each backend for the one exception).
+    #[error("storage timed out: {0}")]
+    TimedOut(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -111,8 +115,9 @@ impl Backend {
 pub struct StoreOptions {
     pub url: String,
     pub max_connections: u32,
-    /// How long a request may wait for a connection before it gets a 503.
-    pub acquire_timeout: Duration,
+    /// The longest a storage operation may take (connection, queue and query included); past it
+    /// the request gets a 503 and a write is not applied.
+    pub timeout: Duration,
     pub sqlite_synchronous: sqlite::Synchronous,
 }
 
@@ -128,6 +133,21 @@ pub async fn open(options: &StoreOptions) -> Result<SharedStore, StoreError> {
             "database URL must start with sqlite: or postgres://".into(),
         )),
     }
+}
+
+/// Runs `operation` within `limit`, or says what timed out.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    what: &str,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::TimedOut(format!(
+                "{what} took longer than {limit:?}"
+            )))
+        })
 }
 
 /// Microseconds since the Unix epoch, the resolution both backends keep.

@@ -3,6 +3,10 @@
 //! The pool connects lazily and migrations run in the background under sqlx's advisory lock, so
 //! replicas starting together migrate once, and a replica started while the database is away
 //! stays up (live, not ready) and becomes ready when the database appears.
+//!
+//! Every operation is bounded by the storage timeout. Giving up on a write drops its connection
+//! before COMMIT, which PostgreSQL rolls back; only a connection lost during the COMMIT round trip
+//! itself leaves the outcome unknown, which is what `Idempotency-Key` retries are for.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -13,7 +17,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{FromRow, PgExecutor};
 use time::OffsetDateTime;
 
-use super::{CommentStore, Created, IDEMPOTENCY_KEY_TTL, StoreError, StoreOptions, now_micros};
+use super::{
+    CommentStore, Created, IDEMPOTENCY_KEY_TTL, StoreError, StoreOptions, now_micros, within,
+};
 use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -21,6 +27,7 @@ const LAST_RETRY: Duration = Duration::from_secs(10);
 
 pub struct PostgresStore {
     pool: PgPool,
+    timeout: Duration,
     /// `None` once migrations are done; until then, why they are not.
     pending: Arc<Mutex<Option<String>>>,
 }
@@ -30,14 +37,20 @@ impl PostgresStore {
         let connect = PgConnectOptions::from_str(&options.url)?.application_name("comments");
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout)
+            .acquire_timeout(options.timeout)
             // A broken connection shows up as a failed query (a 503 the client may retry), which
             // is cheaper than a round trip before every query to find it first.
             .test_before_acquire(false)
             .connect_lazy_with(connect);
-        let pending = Arc::new(Mutex::new(Some("migrations have not run yet".to_owned())));
+        let pending = Arc::new(Mutex::new(Some(
+            "PostgreSQL not ready: connecting".to_owned(),
+        )));
         tokio::spawn(migrate_until_done(pool.clone(), pending.clone()));
-        Ok(Self { pool, pending })
+        Ok(Self {
+            pool,
+            timeout: options.timeout,
+            pending,
+        })
     }
 }
 
@@ -68,6 +81,66 @@ async fn migrate_until_done(pool: PgPool, pending: Arc<Mutex<Option<String>>>) {
 #[async_trait]
 impl CommentStore for PostgresStore {
     async fn create(
+        &self,
+        new: NewComment,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, StoreError> {
+        within(self.timeout, "create", self.create_now(new, key)).await
+    }
+
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
+        within(self.timeout, "list", self.list_now(content_id, page)).await
+    }
+
+    async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
+        within(self.timeout, "get", fetch_comment(&self.pool, id)).await
+    }
+
+    async fn delete(&self, id: CommentId) -> Result<bool, StoreError> {
+        within(self.timeout, "delete", async {
+            let done = sqlx::query("DELETE FROM comments WHERE id = $1")
+                .bind(id.get())
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
+        within(self.timeout, "purge", async {
+            let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                .bind(key_expiry_cutoff())
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(StoreError::Unavailable(reason));
+        }
+        within(self.timeout, "ping", async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl PostgresStore {
+    async fn create_now(
         &self,
         new: NewComment,
         key: Option<IdempotencyKey>,
@@ -117,7 +190,11 @@ impl CommentStore for PostgresStore {
         Ok(Created::New(row.into_comment()?))
     }
 
-    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
+    async fn list_now(
+        &self,
+        content_id: &ContentId,
+        page: Page,
+    ) -> Result<Vec<Comment>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, content_id, email, comment, created_at FROM comments \
              WHERE content_id = $1 AND id > $2 ORDER BY id LIMIT $3",
@@ -128,43 +205,6 @@ impl CommentStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Row::into_comment).collect()
-    }
-
-    async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
-        fetch_comment(&self.pool, id).await
-    }
-
-    async fn delete(&self, id: CommentId) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM comments WHERE id = $1")
-            .bind(id.get())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(key_expiry_cutoff())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        if let Some(reason) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            return Err(StoreError::Unavailable(reason));
-        }
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
     }
 }
 

@@ -4,10 +4,14 @@
 //! Writes go through one writer task that owns the only write connection and commits whatever
 //! writes have queued up as one transaction: one fsync acknowledges a whole batch (group commit).
 //! A request's write is answered only after the batch holding it has committed.
+//!
+//! Timeouts keep that exact: a write that waits in the queue past its deadline is dropped
+//! unapplied and answered with a timeout, but once a batch has taken it the request waits for the
+//! commit (bounded by SQLite's busy timeout and the disk), so a 503 never hides a stored comment.
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -49,7 +53,14 @@ impl From<Synchronous> for SqliteSynchronous {
 
 pub struct SqliteStore {
     readers: SqlitePool,
-    writer: mpsc::Sender<WriteOp>,
+    writer: mpsc::Sender<Queued>,
+    timeout: Duration,
+}
+
+/// A write waiting for the writer, and when its request stops waiting for it.
+struct Queued {
+    op: WriteOp,
+    deadline: Instant,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -80,7 +91,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(options.sqlite_synchronous.into())
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            // Another process holding the lock (a backup, a sqlite3 shell) fails a batch after
+            // this long instead of stalling every write behind it.
+            .busy_timeout(options.timeout);
         if let Some(dir) = connect.get_filename().parent() {
             create_dir(dir)?;
         }
@@ -90,7 +103,7 @@ impl SqliteStore {
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout)
+            .acquire_timeout(options.timeout)
             .connect_with(connect.read_only(true))
             .await?;
 
@@ -99,14 +112,33 @@ impl SqliteStore {
         Ok(Self {
             readers,
             writer: sender,
+            timeout: options.timeout,
         })
     }
 
-    /// Queues a write and waits until the batch holding it has committed.
+    /// Queues a write and waits until the batch holding it has committed (or failed).
     async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send(op(reply)).await.map_err(|_| closed())?;
+        let queued = Queued {
+            op: op(reply),
+            deadline: Instant::now() + self.timeout,
+        };
+        match tokio::time::timeout(self.timeout, self.writer.send(queued)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => return Err(StoreError::TimedOut("the write queue stayed full".into())),
+        }
+        // No timeout here: the writer either drops the write unapplied at its deadline or
+        // commits it, and either way says so.
         answer.await.map_err(|_| closed())?
+    }
+
+    async fn read<T>(
+        &self,
+        what: &str,
+        query: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        super::within(self.timeout, what, query).await
     }
 }
 
@@ -135,20 +167,23 @@ impl CommentStore for SqliteStore {
     }
 
     async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, content_id, email, comment, created_at FROM comments \
-             WHERE content_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-        )
-        .bind(content_id.as_str())
-        .bind(page.after.map_or(0, CommentId::get))
-        .bind(page.limit.map_or(-1, i64::from))
-        .fetch_all(&self.readers)
-        .await?;
-        rows.into_iter().map(Row::into_comment).collect()
+        self.read("list", async {
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT id, content_id, email, comment, created_at FROM comments \
+                 WHERE content_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .bind(content_id.as_str())
+            .bind(page.after.map_or(0, CommentId::get))
+            .bind(page.limit.map_or(-1, i64::from))
+            .fetch_all(&self.readers)
+            .await?;
+            rows.into_iter().map(Row::into_comment).collect()
+        })
+        .await
     }
 
     async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
-        fetch_comment(&self.readers, id).await
+        self.read("get", fetch_comment(&self.readers, id)).await
     }
 
     async fn delete(&self, id: CommentId) -> Result<bool, StoreError> {
@@ -163,36 +198,53 @@ impl CommentStore for SqliteStore {
         if self.writer.is_closed() {
             return Err(closed());
         }
-        sqlx::query("SELECT 1").execute(&self.readers).await?;
-        Ok(())
+        self.read("ping", async {
+            sqlx::query("SELECT 1").execute(&self.readers).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn close(&self) {
+        // Readers first: the last connection to close checkpoints the WAL into the database
+        // file and removes it, and only the writer can.
+        self.readers.close().await;
         let (done, closed) = oneshot::channel();
-        if self.writer.send(WriteOp::Close { done }).await.is_ok() {
+        let close = Queued {
+            op: WriteOp::Close { done },
+            // Closing has no deadline: the writer handles it whenever it comes.
+            deadline: Instant::now(),
+        };
+        if self.writer.send(close).await.is_ok() {
             let _ = closed.await;
         }
-        self.readers.close().await;
     }
 }
 
 /// The writer task: takes whatever has queued, commits it as one transaction, then answers.
-async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<WriteOp>) {
+async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Queued>) {
+    let mut taken = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let close = match batch
-            .iter()
-            .position(|op| matches!(op, WriteOp::Close { .. }))
-        {
-            Some(at) => batch.drain(at..).next(),
-            None => None,
-        };
-        commit_batch(&mut conn, &mut batch).await;
+    while queue.recv_many(&mut taken, MAX_BATCH).await > 0 {
+        let now = Instant::now();
+        let mut close = None;
+        for Queued { op, deadline } in taken.drain(..) {
+            match op {
+                WriteOp::Close { .. } => close = Some(op),
+                op if close.is_some() => fail(op, closed()),
+                // Its request has stopped waiting: drop it unapplied, and say so.
+                op if deadline <= now => fail(op, StoreError::TimedOut(NOT_APPLIED.into())),
+                op => batch.push(op),
+            }
+        }
+        if !batch.is_empty() {
+            commit_batch(&mut conn, &mut batch).await;
+        }
         if let Some(WriteOp::Close { done }) = close {
             queue.close();
             // Writes queued after the close are refused rather than left hanging.
-            while let Some(op) = queue.recv().await {
-                fail(op, closed());
+            while let Some(queued) = queue.recv().await {
+                fail(queued.op, closed());
             }
             let _ = conn.close().await;
             let _ = done.send(());
@@ -200,6 +252,8 @@ async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<WriteO
         }
     }
 }
+
+const NOT_APPLIED: &str = "the write waited in the queue past its deadline and was not applied";
 
 /// Applies every op in one transaction. Replies go out only after the commit; if anything fails,
 /// the whole batch rolls back and every op in it is told so (none of them was committed).

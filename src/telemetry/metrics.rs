@@ -24,6 +24,8 @@ pub struct Metrics {
     pub http_in_flight: IntGauge,
     pub comments_created: IntCounter,
     pub store_duration: HistogramVec,
+    pub http_panics: IntCounter,
+    pub admin_auth_failures: IntCounter,
 }
 
 impl Metrics {
@@ -61,6 +63,16 @@ impl Metrics {
             &["operation", "outcome"],
         )
         .expect("valid metric");
+        let http_panics = IntCounter::new(
+            "comments_http_panics_total",
+            "Handler panics caught and answered with a 500 (each one is a bug)",
+        )
+        .expect("valid metric");
+        let admin_auth_failures = IntCounter::new(
+            "comments_admin_auth_failures_total",
+            "Admin requests refused for a missing or wrong bearer token",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "comments_build_info",
@@ -79,6 +91,8 @@ impl Metrics {
             Box::new(http_in_flight.clone()),
             Box::new(comments_created.clone()),
             Box::new(store_duration.clone()),
+            Box::new(http_panics.clone()),
+            Box::new(admin_auth_failures.clone()),
             Box::new(build_info),
             Box::new(super::traces::SPANS_DROPPED.clone()),
             Box::new(super::traces::SPANS_EXPORT_FAILED.clone()),
@@ -96,6 +110,8 @@ impl Metrics {
             http_in_flight,
             comments_created,
             store_duration,
+            http_panics,
+            admin_auth_failures,
         }
     }
 
