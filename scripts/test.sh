@@ -23,3 +23,7 @@ run "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 run "build (static release)" cargo build --locked --release --target "$TARGET" --bins
 run "build tests" cargo test --locked --release --target "$TARGET" --no-run
 run "cargo test" cargo test --locked --release --target "$TARGET"
+run "monitoring (rules, dashboard, live Prometheus)" scripts/test-monitoring.sh
+run "chart and argocd" scripts/test-chart.sh
+run "image (buildah + podman)" scripts/test-image.sh
+run "buildspec (CodeBuild + bump)" scripts/test-buildspec.sh
