@@ -26,6 +26,27 @@ fn route_of<B>(request: &axum::http::Request<B>) -> &str {
         .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
 }
 
+/// Keeps a client's `x-request-id` only if it is short and plain (and sent once); otherwise the
+/// request gets a fresh one, so logs and responses never carry a client's 8 KB or odd bytes.
+pub fn drop_unfit_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let mut ids = request.headers().get_all(REQUEST_ID).iter();
+    let fit = match (ids.next(), ids.next()) {
+        (None, _) => true,
+        (Some(id), None) => {
+            id.len() <= 128
+                && id
+                    .as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        }
+        (Some(_), Some(_)) => false,
+    };
+    if !fit {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
+}
+
 /// Standard methods by name; anything else shares one label value.
 fn method_label(method: &Method) -> &'static str {
     match *method {

@@ -96,6 +96,7 @@ pub fn with_shared_layers(routes: Router<AppState>, state: AppState, limits: Lim
         .layer(RequestBodyDeadlineLayer::new(limits.body_read_timeout))
         .layer(
             ServiceBuilder::new()
+                .map_request(middleware::drop_unfit_request_id)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(SetResponseHeaderLayer::if_not_present(
@@ -155,5 +156,124 @@ async fn overload_or_timeout(err: BoxError) -> Response {
     } else {
         tracing::error!(error = %err, "middleware failed");
         crate::error::json_response(StatusCode::INTERNAL_SERVER_ERROR, "ERROR", "internal error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn state() -> (AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::store::StoreOptions {
+            url: format!("sqlite://{}/c.db", dir.path().display()),
+            max_connections: 1,
+            timeout: Duration::from_secs(1),
+            sqlite_synchronous: crate::store::sqlite::Synchronous::Normal,
+        };
+        let state = AppState {
+            store: crate::store::open(&options).await.unwrap(),
+            admin_token: None,
+            lifecycle: Default::default(),
+            metrics: Metrics::new(&crate::BuildInfo::CURRENT),
+            build: crate::BuildInfo::CURRENT,
+            max_body_bytes: 1024,
+            openapi_json: Bytes::new(),
+        };
+        (state, dir)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            request_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(5),
+            max_body_bytes: 1024,
+            max_concurrency: 8,
+            write_rate_limit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_json_500_counted_and_logged_with_its_request_id() {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let (state, _dir) = state().await;
+        let metrics = state.metrics.clone();
+        async fn broken() -> &'static str {
+            panic!("the handler broke")
+        }
+        let routes = Router::new().route("/boom", axum::routing::get(broken));
+        let app = with_shared_layers(routes, state, limits());
+        let request = Request::get("/boom")
+            .header("x-request-id", "req-42")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-request-id"], "req-42");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"status":"ERROR","message":"internal error"}"#
+        );
+        assert_eq!(metrics.http_panics.get(), 1);
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = logged
+            .lines()
+            .find(|l| l.contains("handler panicked"))
+            .expect("the panic is logged");
+        assert!(
+            line.contains("the handler broke") && line.contains("req-42"),
+            "{line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unfit_request_ids_are_replaced() {
+        let (state, _dir) = state().await;
+        let app = with_shared_layers(Router::new(), state, limits());
+        for unfit in ["x".repeat(129), "has space".into(), "semi;colon".into()] {
+            let request = Request::get("/nowhere")
+                .header("x-request-id", unfit.as_str())
+                .body(Body::empty())
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let id = response.headers()["x-request-id"].to_str().unwrap();
+            assert_ne!(id, unfit);
+            assert_eq!(id.len(), 36, "a fresh UUID");
+        }
     }
 }
