@@ -17,6 +17,7 @@ trap summary EXIT
 run() { stage "$@" || exit 1; }
 
 run "postgres" ensure_postgres
+run "supply chain" scripts/test-supply-chain.sh
 run "cargo fmt --check" cargo fmt --all -- --check
 # --target: RUSTFLAGS (crt-static) then apply to our code only, not to proc-macros.
 run "cargo clippy" cargo clippy --locked --all-targets --target "$TARGET" -- -D warnings
@@ -24,7 +25,9 @@ run "cargo clippy" cargo clippy --locked --all-targets --target "$TARGET" -- -D 
 run "build (static release)" cargo build --locked --release --target "$TARGET" --bins
 run "build tests" cargo test --locked --release --target "$TARGET" --no-run
 run "cargo test" cargo test --locked --release --target "$TARGET"
+run "schemathesis" scripts/test-api-fuzz.sh
 run "monitoring (rules, dashboard, live Prometheus)" scripts/test-monitoring.sh
 run "chart and argocd" scripts/test-chart.sh
 run "image (buildah + podman)" scripts/test-image.sh
 run "buildspec (CodeBuild + bump)" scripts/test-buildspec.sh
+run "bench (quick)" bench/run.sh --quick

@@ -98,8 +98,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
-    /// Most requests handled at once; beyond it requests get a 503 with Retry-After at once
-    /// instead of queueing.
+    /// Most API requests handled at once, reads and writes each; beyond it requests get a 503
+    /// with Retry-After at once instead of queueing. Probes are never limited.
     #[arg(long, env = "COMMENTS_MAX_CONCURRENCY", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrency: u64,

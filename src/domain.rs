@@ -74,6 +74,15 @@ impl<'de> Deserialize<'de> for ContentId {
                 Ok(ContentId(v.to_string()))
             }
 
+            /// `2179.0` is the integer 2179 to JSON Schema (and to JavaScript clients).
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ContentId, E> {
+                if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    Ok(ContentId((v as i64).to_string()))
+                } else {
+                    Err(E::invalid_type(de::Unexpected::Float(v), &self))
+                }
+            }
+
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ContentId, E> {
                 ContentId::parse(v).map_err(|e| E::custom(e.problem))
             }
@@ -267,6 +276,8 @@ mod tests {
         }
         assert!(ContentId::parse(&"x".repeat(128)).is_ok());
         assert!(serde_json::from_str::<ContentId>("1.5").is_err());
+        let whole: ContentId = serde_json::from_str("2179.0").unwrap();
+        assert_eq!(whole.as_str(), "2179");
         assert!(serde_json::from_str::<ContentId>("null").is_err());
         assert!(serde_json::from_str::<ContentId>("true").is_err());
     }

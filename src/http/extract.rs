@@ -155,7 +155,7 @@ pub struct ListParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
     /// The `next` cursor of the previous page.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = r"^0*[1-9][0-9]{0,17}$")]
     after: Option<String>,
 }
 

@@ -2,6 +2,7 @@
 //! and response hooks), the HTTP metrics, and the JSON answer to a panic.
 
 use std::any::Any;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -9,6 +10,7 @@ use axum::http::{Method, Response, StatusCode};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use opentelemetry::trace::TraceContextExt;
+use tokio::sync::Semaphore;
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 use tracing::field::Empty;
@@ -156,6 +158,43 @@ impl<B> OnResponse<B> for LogResponse {
             latency_ms = latency.as_secs_f64() * 1000.0,
             "request"
         );
+    }
+}
+
+/// How many API requests may be handled at once, counted separately for reads and writes so a
+/// burst of slow writes (each waits for an fsync) never starves cheap reads, or the other way.
+#[derive(Clone)]
+pub struct InFlightLimit {
+    reads: Arc<Semaphore>,
+    writes: Arc<Semaphore>,
+}
+
+impl InFlightLimit {
+    pub fn new(each: usize) -> Self {
+        Self {
+            reads: Arc::new(Semaphore::new(each)),
+            writes: Arc::new(Semaphore::new(each)),
+        }
+    }
+}
+
+/// Beyond the limit a request is answered at once with 503 and Retry-After instead of queueing:
+/// a queue would only turn overload into timeouts, and unbounded memory.
+pub async fn shed_load(
+    State(limit): State<InFlightLimit>,
+    request: Request,
+    next: Next,
+) -> Response<axum::body::Body> {
+    let slots = match *request.method() {
+        Method::GET | Method::HEAD | Method::OPTIONS => &limit.reads,
+        _ => &limit.writes,
+    };
+    match slots.clone().try_acquire_owned() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => crate::error::ApiError::Unavailable(
+            "the server is at its concurrency limit, retry later".into(),
+        )
+        .into_response(),
     }
 }
 

@@ -20,7 +20,6 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -72,9 +71,11 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     }
     let api = api.layer(
         ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(overload_or_timeout))
-            .load_shed()
-            .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrency))
+            .layer(axum::middleware::from_fn_with_state(
+                middleware::InFlightLimit::new(limits.max_concurrency),
+                middleware::shed_load,
+            ))
+            .layer(HandleErrorLayer::new(timed_out))
             .timeout(limits.request_timeout),
     );
     let (routes, document) = api.merge(health::routes()).split_for_parts();
@@ -146,11 +147,8 @@ async fn method_not_allowed(method: Method) -> Response {
     crate::error::json_response(StatusCode::METHOD_NOT_ALLOWED, "ERROR", &message)
 }
 
-async fn overload_or_timeout(err: BoxError) -> Response {
-    if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Unavailable("the server is at its concurrency limit, retry later".into())
-            .into_response()
-    } else if err.is::<tower::timeout::error::Elapsed>() {
+async fn timed_out(err: BoxError) -> Response {
+    if err.is::<tower::timeout::error::Elapsed>() {
         ApiError::Unavailable("the server did not answer within the request timeout".into())
             .into_response()
     } else {
@@ -213,19 +211,25 @@ mod tests {
         }
     }
 
+    /// Every log line of this test binary. The subscriber is process-wide: a per-test (scoped)
+    /// one races with other tests over tracing's cached callsite interest.
+    fn captured_logs() -> &'static Captured {
+        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Captured::default();
+            let writer = logs.clone();
+            tracing_subscriber::fmt()
+                .json()
+                .with_current_span(true)
+                .with_writer(move || writer.clone())
+                .init();
+            logs
+        })
+    }
+
     #[tokio::test]
     async fn a_panicking_handler_gets_a_json_500_counted_and_logged_with_its_request_id() {
-        let logs = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_writer({
-                let logs = logs.clone();
-                move || logs.clone()
-            })
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-
+        let logs = captured_logs();
         let (state, _dir) = state().await;
         let metrics = state.metrics.clone();
         async fn broken() -> &'static str {

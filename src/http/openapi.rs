@@ -68,6 +68,39 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+// What `domain::Email::parse` and `domain::CommentText::parse` accept, for clients and API
+// fuzzers. Whitespace and control characters are spelled out (U+0000-0020, U+007F-00A0 and the
+// other Unicode White_Space) so every regex engine agrees with Rust's `char::is_whitespace` and
+// `char::is_control`.
+
+/// One `@`, a non-empty local part, a dotted domain with no empty label; no spaces or controls.
+pub const EMAIL_PATTERN: &str = r"^[^@\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+@[^@.\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+(\.[^@.\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+)+$";
+
+/// At least one character that is not whitespace.
+pub const COMMENT_PATTERN: &str =
+    r"[^\x09-\x0D\x20\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
+/// `email` in a body.
+pub fn email_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("Up to 254 characters, one `@`, a dotted domain"))
+        .max_length(Some(254))
+        .pattern(Some(EMAIL_PATTERN))
+}
+
+/// `comment` in a body.
+pub fn comment_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "1 to 4000 characters, not only whitespace; stored exactly as sent",
+        ))
+        .min_length(Some(1))
+        .max_length(Some(4000))
+        .pattern(Some(COMMENT_PATTERN))
+}
+
 /// `content_id` in a body: an integer or a string of 1 to 128 characters of `A-Z a-z 0-9 . _ -`;
 /// `1` and `"1"` name the same item.
 pub fn content_id_schema() -> impl Into<RefOr<Schema>> {

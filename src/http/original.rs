@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{ContentIdPath, IdempotencyKeyHeader, JsonBody};
-use super::openapi::{ErrorBody, content_id_schema};
+use super::openapi::{ErrorBody, comment_schema, content_id_schema, email_schema};
 use crate::domain::{ContentId, NewComment, Page};
 use crate::error::{ApiError, json_response};
 
@@ -26,8 +26,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[schema(example = json!({"email": "guilherme@example.com", "comment": "Primeiro Post!", "content_id": 1}))]
 pub struct OriginalNewComment {
     /// Up to 254 characters, one `@`, a dotted domain.
+    #[schema(schema_with = email_schema)]
     email: String,
     /// 1 to 4000 characters, not only whitespace; stored exactly as sent.
+    #[schema(schema_with = comment_schema)]
     comment: String,
     #[schema(schema_with = content_id_schema)]
     content_id: ContentId,
@@ -52,16 +54,19 @@ pub struct OriginalComment<'a> {
 #[utoipa::path(
     post,
     path = "/api/comment/new",
+    operation_id = "original_create_comment",
     tag = "original",
     request_body = OriginalNewComment,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = r"^[!-~]+$", description = "Makes retries safe")),
     responses(
         (status = 200, description = "Committed", body = SuccessBody),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body read timeout", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused for another comment", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 429, description = "Write rate limit (when configured); see Retry-After", body = ErrorBody),
         (status = 503, description = "Storage unavailable or server overloaded", body = ErrorBody),
     ),
 )]
@@ -83,8 +88,9 @@ async fn create_comment(
 #[utoipa::path(
     get,
     path = "/api/comment/list/{content_id}",
+    operation_id = "original_list_comments",
     tag = "original",
-    params(("content_id" = String, Path, description = "1 to 128 characters of A-Z a-z 0-9 . _ -")),
+    params(("content_id" = String, Path, description = "1 to 128 characters of A-Z a-z 0-9 . _ -", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
     responses(
         (status = 200, description = "Every comment on the item", body = Vec<OriginalComment>),
         (status = 404, description = "No comments on this item", body = ErrorBody,

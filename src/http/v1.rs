@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{CommentIdPath, ContentIdPath, IdempotencyKeyHeader, JsonBody, PageQuery};
-use super::openapi::ErrorBody;
+use super::openapi::{ErrorBody, comment_schema, email_schema};
 use crate::domain::{Comment, NewComment};
 use crate::error::ApiError;
 use crate::store::Created;
@@ -27,8 +27,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[schema(example = json!({"email": "gabriela@example.com", "comment": "Quando sera a proxima avaliacao?"}))]
 pub struct NewCommentBody {
     /// Up to 254 characters, one `@`, a dotted domain.
+    #[schema(schema_with = email_schema)]
     email: String,
     /// 1 to 4000 characters, not only whitespace; stored exactly as sent.
+    #[schema(schema_with = comment_schema)]
     comment: String,
 }
 
@@ -76,10 +78,12 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 #[utoipa::path(
     post,
     path = "/api/v1/contents/{content_id}/comments",
+    operation_id = "v1_create_comment",
     tag = "v1",
     params(
-        ("content_id" = String, Path, description = "1 to 128 characters of A-Z a-z 0-9 . _ -"),
-        ("Idempotency-Key" = Option<String>, Header,
+        ("content_id" = String, Path, description = "1 to 128 characters of A-Z a-z 0-9 . _ -", pattern = r"^[A-Za-z0-9._-]{1,128}$"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1,
+         max_length = 255, pattern = r"^[!-~]+$",
          description = "1 to 255 visible ASCII characters. A retry with the same key and body \
                         returns the first result and stores nothing; another body gets 409."),
     ),
@@ -88,10 +92,12 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
         (status = 201, description = "Committed (or replayed: header Idempotent-Replayed)",
          body = CommentView, headers(("Location" = String, description = "The comment's URL"))),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body read timeout", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused for another comment", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 429, description = "Write rate limit (when configured); see Retry-After", body = ErrorBody),
         (status = 503, description = "Storage unavailable or server overloaded", body = ErrorBody),
     ),
 )]
@@ -121,9 +127,10 @@ async fn create_comment(
 #[utoipa::path(
     get,
     path = "/api/v1/contents/{content_id}/comments",
+    operation_id = "v1_list_comments",
     tag = "v1",
     params(
-        ("content_id" = String, Path, description = "1 to 128 characters of A-Z a-z 0-9 . _ -"),
+        ("content_id" = String, Path, description = "1 to 128 characters of A-Z a-z 0-9 . _ -", pattern = r"^[A-Za-z0-9._-]{1,128}$"),
         super::extract::ListParams,
     ),
     responses(
@@ -162,6 +169,7 @@ async fn list_comments(
 #[utoipa::path(
     get,
     path = "/api/v1/comments/{id}",
+    operation_id = "v1_get_comment",
     tag = "v1",
     params(("id" = i64, Path, description = "The comment's id", minimum = 1)),
     responses(
@@ -185,6 +193,7 @@ async fn get_comment(
 #[utoipa::path(
     delete,
     path = "/api/v1/comments/{id}",
+    operation_id = "v1_delete_comment",
     tag = "v1",
     params(("id" = i64, Path, description = "The comment's id", minimum = 1)),
     security(("admin_token" = [])),
@@ -194,6 +203,7 @@ async fn get_comment(
         (status = 403, description = "Deleting is off: no admin token is configured", body = ErrorBody),
         (status = 404, description = "No comment with this id", body = ErrorBody),
         (status = 422, description = "id is not a positive integer", body = ErrorBody),
+        (status = 429, description = "Write rate limit (when configured); see Retry-After", body = ErrorBody),
         (status = 503, description = "Storage unavailable or server overloaded", body = ErrorBody),
     ),
 )]

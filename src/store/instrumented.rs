@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tracing::Instrument;
 
-use super::{Backend, CommentStore, Created, SharedStore, StoreError};
+use super::{Backend, CommentStore, Created, Listing, SharedStore, StoreError};
 use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
 use crate::telemetry::metrics::Metrics;
 
@@ -81,7 +81,7 @@ impl CommentStore for Instrumented {
         created
     }
 
-    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Listing, StoreError> {
         self.observe("store.list", self.inner.list(content_id, page))
             .await
     }

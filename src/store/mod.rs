@@ -4,6 +4,7 @@
 //! - [`postgres`]: for many replicas, migrations under an advisory lock.
 
 pub mod instrumented;
+pub mod list_cache;
 pub mod postgres;
 pub mod sqlite;
 
@@ -72,7 +73,7 @@ pub trait CommentStore: Send + Sync + 'static {
     ) -> Result<Created, StoreError>;
 
     /// Comments on one item, oldest first.
-    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError>;
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Listing, StoreError>;
 
     async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError>;
 
@@ -90,6 +91,52 @@ pub trait CommentStore: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn CommentStore>;
+
+/// A list of comments shared without copying: a window into an immutable list (a cached one, or
+/// the rows of one query).
+#[derive(Debug, Clone)]
+pub struct Listing {
+    comments: Arc<Vec<Comment>>,
+    range: std::ops::Range<usize>,
+}
+
+impl Listing {
+    /// The part of `all` (every comment on an item, in id order) that `page` asks for.
+    pub fn window(all: Arc<Vec<Comment>>, page: Page) -> Listing {
+        let start = page
+            .after
+            .map_or(0, |after| all.partition_point(|c| c.id <= after));
+        let end = page.limit.map_or(all.len(), |limit| {
+            all.len().min(start.saturating_add(limit as usize))
+        });
+        Listing {
+            comments: all,
+            range: start..end,
+        }
+    }
+
+    /// Keeps at most the first `len` comments.
+    pub fn truncate(&mut self, len: usize) {
+        self.range.end = self.range.end.min(self.range.start + len);
+    }
+}
+
+impl From<Vec<Comment>> for Listing {
+    fn from(comments: Vec<Comment>) -> Self {
+        Listing {
+            range: 0..comments.len(),
+            comments: Arc::new(comments),
+        }
+    }
+}
+
+impl std::ops::Deref for Listing {
+    type Target = [Comment];
+
+    fn deref(&self) -> &[Comment] {
+        &self.comments[self.range.clone()]
+    }
+}
 
 /// Which backend a `--database-url` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,14 @@
 //! replicas starting together migrate once, and a replica started while the database is away
 //! stays up (live, not ready) and becomes ready when the database appears.
 //!
-//! Every operation is bounded by the storage timeout. Giving up on a write drops its connection
-//! before COMMIT, which PostgreSQL rolls back; only a connection lost during the COMMIT round trip
-//! itself leaves the outcome unknown, which is what `Idempotency-Key` retries are for.
+//! Every operation runs in a task of its own, so a request that goes away (client gone, storage
+//! timeout) never cancels it halfway through a transaction and hands its connection back to the
+//! pool mid-transaction. The request waits at most the storage timeout; past it, the task still
+//! ends on its own: PostgreSQL's `statement_timeout` (set to the same value on every connection)
+//! aborts a slow statement, which rolls the transaction back. Only a connection lost during the
+//! COMMIT round trip itself leaves a write's outcome unknown; `Idempotency-Key` retries cover it.
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +22,8 @@ use sqlx::{FromRow, PgExecutor};
 use time::OffsetDateTime;
 
 use super::{
-    CommentStore, Created, IDEMPOTENCY_KEY_TTL, StoreError, StoreOptions, now_micros, within,
+    CommentStore, Created, IDEMPOTENCY_KEY_TTL, Listing, StoreError, StoreOptions, now_micros,
+    within,
 };
 use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
 
@@ -34,7 +39,10 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
-        let connect = PgConnectOptions::from_str(&options.url)?.application_name("comments");
+        let statement_timeout = format!("{}ms", options.timeout.as_millis().max(1));
+        let connect = PgConnectOptions::from_str(&options.url)?
+            .application_name("comments")
+            .options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.timeout)
@@ -85,22 +93,29 @@ impl CommentStore for PostgresStore {
         new: NewComment,
         key: Option<IdempotencyKey>,
     ) -> Result<Created, StoreError> {
-        within(self.timeout, "create", self.create_now(new, key)).await
+        self.run("create", create(self.pool.clone(), new, key))
+            .await
     }
 
-    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
-        within(self.timeout, "list", self.list_now(content_id, page)).await
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Listing, StoreError> {
+        let content_id = content_id.clone();
+        self.run("list", list(self.pool.clone(), content_id, page))
+            .await
+            .map(Listing::from)
     }
 
     async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
-        within(self.timeout, "get", fetch_comment(&self.pool, id)).await
+        let pool = self.pool.clone();
+        self.run("get", async move { fetch_comment(&pool, id).await })
+            .await
     }
 
     async fn delete(&self, id: CommentId) -> Result<bool, StoreError> {
-        within(self.timeout, "delete", async {
+        let pool = self.pool.clone();
+        self.run("delete", async move {
             let done = sqlx::query("DELETE FROM comments WHERE id = $1")
                 .bind(id.get())
-                .execute(&self.pool)
+                .execute(&pool)
                 .await?;
             Ok(done.rows_affected() > 0)
         })
@@ -108,10 +123,11 @@ impl CommentStore for PostgresStore {
     }
 
     async fn purge_expired_keys(&self) -> Result<u64, StoreError> {
-        within(self.timeout, "purge", async {
+        let pool = self.pool.clone();
+        self.run("purge", async move {
             let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
                 .bind(key_expiry_cutoff())
-                .execute(&self.pool)
+                .execute(&pool)
                 .await?;
             Ok(done.rows_affected())
         })
@@ -127,8 +143,9 @@ impl CommentStore for PostgresStore {
         {
             return Err(StoreError::Unavailable(reason));
         }
-        within(self.timeout, "ping", async {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let pool = self.pool.clone();
+        self.run("ping", async move {
+            sqlx::query("SELECT 1").execute(&pool).await?;
             Ok(())
         })
         .await
@@ -140,72 +157,82 @@ impl CommentStore for PostgresStore {
 }
 
 impl PostgresStore {
-    async fn create_now(
+    /// Runs `operation` in its own task (see the module docs) and waits at most the timeout.
+    async fn run<T: Send + 'static>(
         &self,
-        new: NewComment,
-        key: Option<IdempotencyKey>,
-    ) -> Result<Created, StoreError> {
-        if let Some(key) = &key
-            && let Some(earlier) = replay(&self.pool, key, &new).await?
-        {
-            return earlier;
-        }
+        what: &str,
+        operation: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let task = tokio::spawn(operation);
+        within(self.timeout, what, async {
+            task.await
+                .unwrap_or_else(|err| Err(StoreError::Unavailable(format!("{what} failed: {err}"))))
+        })
+        .await
+    }
+}
 
-        let mut tx = self.pool.begin().await?;
-        let created_at = now_micros();
-        let row: Row = sqlx::query_as(
-            "INSERT INTO comments (content_id, email, comment, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id, content_id, email, comment, created_at",
+async fn create(
+    pool: PgPool,
+    new: NewComment,
+    key: Option<IdempotencyKey>,
+) -> Result<Created, StoreError> {
+    if let Some(key) = &key
+        && let Some(earlier) = replay(&pool, key, &new).await?
+    {
+        return earlier;
+    }
+
+    let mut tx = pool.begin().await?;
+    let created_at = now_micros();
+    let row: Row = sqlx::query_as(
+        "INSERT INTO comments (content_id, email, comment, created_at) \
+         VALUES ($1, $2, $3, $4) RETURNING id, content_id, email, comment, created_at",
+    )
+    .bind(new.content_id.as_str())
+    .bind(new.email.as_str())
+    .bind(new.comment.as_str().as_bytes())
+    .bind(created_at)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    if let Some(key) = &key {
+        // Claims the key unless a live claim exists. A concurrent claim makes this wait for
+        // that transaction, then see its row: the loser rolls back and replays the winner.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (key, comment_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET comment_id = EXCLUDED.comment_id, \
+             created_at = EXCLUDED.created_at WHERE idempotency_keys.created_at < $4",
         )
-        .bind(new.content_id.as_str())
-        .bind(new.email.as_str())
-        .bind(new.comment.as_str().as_bytes())
+        .bind(key.as_str())
+        .bind(row.id)
         .bind(created_at)
-        .fetch_one(&mut *tx)
+        .bind(key_expiry_cutoff())
+        .execute(&mut *tx)
         .await?;
-
-        if let Some(key) = &key {
-            // Claims the key unless a live claim exists. A concurrent claim makes this wait for
-            // that transaction, then see its row: the loser rolls back and replays the winner.
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys (key, comment_id, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (key) DO UPDATE SET comment_id = EXCLUDED.comment_id, \
-                 created_at = EXCLUDED.created_at WHERE idempotency_keys.created_at < $4",
-            )
-            .bind(key.as_str())
-            .bind(row.id)
-            .bind(created_at)
-            .bind(key_expiry_cutoff())
-            .execute(&mut *tx)
-            .await?;
-            if claimed.rows_affected() == 0 {
-                tx.rollback().await?;
-                return match replay(&self.pool, key, &new).await? {
-                    Some(earlier) => earlier,
-                    None => Err(StoreError::Unavailable("idempotency key vanished".into())),
-                };
-            }
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return match replay(&pool, key, &new).await? {
+                Some(earlier) => earlier,
+                None => Err(StoreError::Unavailable("idempotency key vanished".into())),
+            };
         }
-        tx.commit().await?;
-        Ok(Created::New(row.into_comment()?))
     }
+    tx.commit().await?;
+    Ok(Created::New(row.into_comment()?))
+}
 
-    async fn list_now(
-        &self,
-        content_id: &ContentId,
-        page: Page,
-    ) -> Result<Vec<Comment>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, content_id, email, comment, created_at FROM comments \
-             WHERE content_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(content_id.as_str())
-        .bind(page.after.map_or(0, CommentId::get))
-        .bind(page.limit.map(i64::from))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(Row::into_comment).collect()
-    }
+async fn list(pool: PgPool, content_id: ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, content_id, email, comment, created_at FROM comments \
+         WHERE content_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(content_id.as_str())
+    .bind(page.after.map_or(0, CommentId::get))
+    .bind(page.limit.map(i64::from))
+    .fetch_all(&pool)
+    .await?;
+    rows.into_iter().map(Row::into_comment).collect()
 }
 
 /// The earlier result for `key`, if the key is live: the same comment or a conflict.

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode, for a single replica.
 //!
-//! Reads go through a small pool of read-only connections (WAL lets them run beside the writer).
+//! Reads go through a small pool of read-only connections (WAL lets them run beside the writer),
+//! behind a cache of recently read items that the writer keeps current ([`super::list_cache`]).
 //! Writes go through one writer task that owns the only write connection and commits whatever
 //! writes have queued up as one transaction: one fsync acknowledges a whole batch (group commit).
 //! A request's write is answered only after the batch holding it has committed.
@@ -11,6 +12,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -22,7 +24,10 @@ use sqlx::{Connection, FromRow, SqliteExecutor};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommentStore, Created, IDEMPOTENCY_KEY_TTL, StoreError, StoreOptions, now_micros};
+use super::list_cache::{ListCache, MAX_COMMENTS_PER_ITEM};
+use super::{
+    CommentStore, Created, IDEMPOTENCY_KEY_TTL, Listing, StoreError, StoreOptions, now_micros,
+};
 use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
 
 /// Most writes one transaction takes. Large enough that a burst commits in a few fsyncs, small
@@ -54,6 +59,7 @@ impl From<Synchronous> for SqliteSynchronous {
 pub struct SqliteStore {
     readers: SqlitePool,
     writer: mpsc::Sender<Queued>,
+    cache: Arc<ListCache>,
     timeout: Duration,
 }
 
@@ -108,10 +114,12 @@ impl SqliteStore {
             .await?;
 
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(writer, receiver));
+        let cache = Arc::new(ListCache::default());
+        tokio::spawn(run_writer(writer, receiver, cache.clone()));
         Ok(Self {
             readers,
             writer: sender,
+            cache,
             timeout: options.timeout,
         })
     }
@@ -166,20 +174,28 @@ impl CommentStore for SqliteStore {
             .await
     }
 
-    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Vec<Comment>, StoreError> {
-        self.read("list", async {
-            let rows: Vec<Row> = sqlx::query_as(
-                "SELECT id, content_id, email, comment, created_at FROM comments \
-                 WHERE content_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-            )
-            .bind(content_id.as_str())
-            .bind(page.after.map_or(0, CommentId::get))
-            .bind(page.limit.map_or(-1, i64::from))
-            .fetch_all(&self.readers)
+    async fn list(&self, content_id: &ContentId, page: Page) -> Result<Listing, StoreError> {
+        if let Some(all) = self.cache.get(content_id) {
+            return Ok(Listing::window(all, page));
+        }
+        // Read the whole item (if it is short enough to cache) and keep it for the next reads.
+        let generation = self.cache.generation();
+        let whole = Page {
+            after: None,
+            limit: Some(MAX_COMMENTS_PER_ITEM as u32 + 1),
+        };
+        let all = self
+            .read("list", select_page(&self.readers, content_id, whole))
             .await?;
-            rows.into_iter().map(Row::into_comment).collect()
-        })
-        .await
+        if all.len() <= MAX_COMMENTS_PER_ITEM {
+            let all = Arc::new(all);
+            self.cache.fill(content_id.clone(), all.clone(), generation);
+            return Ok(Listing::window(all, page));
+        }
+        let rows = self
+            .read("list", select_page(&self.readers, content_id, page))
+            .await?;
+        Ok(Listing::from(rows))
     }
 
     async fn get(&self, id: CommentId) -> Result<Option<Comment>, StoreError> {
@@ -221,8 +237,13 @@ impl CommentStore for SqliteStore {
     }
 }
 
-/// The writer task: takes whatever has queued, commits it as one transaction, then answers.
-async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Queued>) {
+/// The writer task: takes whatever has queued, commits it as one transaction, updates the read
+/// cache, then answers.
+async fn run_writer(
+    mut conn: SqliteConnection,
+    mut queue: mpsc::Receiver<Queued>,
+    cache: Arc<ListCache>,
+) {
     let mut taken = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut taken, MAX_BATCH).await > 0 {
@@ -238,7 +259,7 @@ async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Queued
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, &mut batch).await;
+            commit_batch(&mut conn, &mut batch, &cache).await;
         }
         if let Some(WriteOp::Close { done }) = close {
             queue.close();
@@ -257,7 +278,7 @@ const NOT_APPLIED: &str = "the write waited in the queue past its deadline and w
 
 /// Applies every op in one transaction. Replies go out only after the commit; if anything fails,
 /// the whole batch rolls back and every op in it is told so (none of them was committed).
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>, cache: &ListCache) {
     let outcome = async {
         let mut tx = conn.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
@@ -271,6 +292,20 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
 
     match outcome {
         Ok(results) => {
+            // The cache learns of the commit before anyone hears of it: read-your-writes.
+            let created: Vec<Comment> = results
+                .iter()
+                .filter_map(|applied| match applied {
+                    Applied::Created(Ok(Created::New(comment))) => Some(comment.clone()),
+                    _ => None,
+                })
+                .collect();
+            cache.committed(&created);
+            for applied in &results {
+                if let Applied::Deleted(Some(item)) = applied {
+                    cache.deleted(item);
+                }
+            }
             for (op, result) in batch.drain(..).zip(results) {
                 answer(op, result);
             }
@@ -287,7 +322,8 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>) {
 /// What one op did inside the transaction, held until the commit succeeds.
 enum Applied {
     Created(Result<Created, StoreError>),
-    Deleted(bool),
+    /// The item the deleted comment was on, if there was one.
+    Deleted(Option<ContentId>),
     Purged(u64),
     Nothing,
 }
@@ -298,11 +334,12 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Applied, Sto
             Applied::Created(create(conn, new, key.as_ref()).await?)
         }
         WriteOp::Delete { id, .. } => {
-            let done = sqlx::query("DELETE FROM comments WHERE id = ?1")
-                .bind(id.get())
-                .execute(&mut *conn)
-                .await?;
-            Applied::Deleted(done.rows_affected() > 0)
+            let item: Option<String> =
+                sqlx::query_scalar("DELETE FROM comments WHERE id = ?1 RETURNING content_id")
+                    .bind(id.get())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            Applied::Deleted(item.and_then(|item| ContentId::parse(&item).ok()))
         }
         WriteOp::PurgeKeys { .. } => {
             let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
@@ -371,8 +408,8 @@ fn answer(op: WriteOp, applied: Applied) {
         (WriteOp::Create { reply, .. }, Applied::Created(result)) => {
             let _ = reply.send(result);
         }
-        (WriteOp::Delete { reply, .. }, Applied::Deleted(found)) => {
-            let _ = reply.send(Ok(found));
+        (WriteOp::Delete { reply, .. }, Applied::Deleted(item)) => {
+            let _ = reply.send(Ok(item.is_some()));
         }
         (WriteOp::PurgeKeys { reply }, Applied::Purged(count)) => {
             let _ = reply.send(Ok(count));
@@ -393,6 +430,23 @@ fn fail(op: WriteOp, err: StoreError) {
         WriteOp::PurgeKeys { reply } => drop(reply.send(Err(unavailable()))),
         WriteOp::Close { done } => drop(done.send(())),
     }
+}
+
+async fn select_page<'c>(
+    executor: impl SqliteExecutor<'c>,
+    content_id: &ContentId,
+    page: Page,
+) -> Result<Vec<Comment>, StoreError> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, content_id, email, comment, created_at FROM comments \
+         WHERE content_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )
+    .bind(content_id.as_str())
+    .bind(page.after.map_or(0, CommentId::get))
+    .bind(page.limit.map_or(-1, i64::from))
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter().map(Row::into_comment).collect()
 }
 
 async fn fetch_comment<'c>(
