@@ -21,9 +21,10 @@ run "supply chain" scripts/test-supply-chain.sh
 run "cargo fmt --check" cargo fmt --all -- --check
 # --target: RUSTFLAGS (crt-static) then apply to our code only, not to proc-macros.
 run "cargo clippy" cargo clippy --locked --all-targets --target "$TARGET" -- -D warnings
-# One static release compilation serves the binary, the test binaries, the image and the bench.
-run "build (static release)" cargo build --locked --release --target "$TARGET" --bins
-run "build tests" cargo test --locked --release --target "$TARGET" --no-run
+# One static release compilation serves the binary, the tests, the image and the bench. Built by
+# `cargo test` alone: a separate `cargo build` would compile every dependency a second time, with
+# the features the dev-dependencies do not add.
+run "build (static release)" cargo test --locked --release --target "$TARGET" --no-run
 run "cargo test" cargo test --locked --release --target "$TARGET"
 run "schemathesis" scripts/test-api-fuzz.sh
 run "monitoring (rules, dashboard, live Prometheus)" scripts/test-monitoring.sh

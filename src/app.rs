@@ -50,11 +50,12 @@ impl App {
             .map_err(StartupError)?
             .map(|token| AdminToken::new(&token));
 
-        let backend = Backend::of(&config.database_url).ok_or_else(|| {
+        let database_url = config.database_url().map_err(StartupError)?;
+        let backend = Backend::of(&database_url).ok_or_else(|| {
             StartupError("COMMENTS_DATABASE_URL: must start with sqlite: or postgres://".into())
         })?;
         let options = StoreOptions {
-            url: config.database_url.clone(),
+            url: database_url,
             max_connections: config.database_max_connections,
             timeout: config.storage_timeout,
             sqlite_synchronous: config.sqlite_synchronous,

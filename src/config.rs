@@ -57,6 +57,11 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// File holding the database URL (a mounted Kubernetes Secret, so a password never sits in
+    /// the environment); overrides --database-url. Surrounding whitespace is ignored.
+    #[arg(long, env = "COMMENTS_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
     /// Most database connections (PostgreSQL) or read connections (SQLite).
     #[arg(long, env = "COMMENTS_DATABASE_MAX_CONNECTIONS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -215,23 +220,18 @@ impl Config {
         }
     }
 
+    /// The database URL, from the file when one is given.
+    pub fn database_url(&self) -> Result<String, String> {
+        match &self.database_url_file {
+            Some(path) => read_secret_file("COMMENTS_DATABASE_URL_FILE", path),
+            None => Ok(self.database_url.clone()),
+        }
+    }
+
     /// The admin token, from the flag or the file; an unreadable or empty file is an error.
     pub fn admin_token(&self) -> Result<Option<String>, String> {
         if let Some(path) = &self.admin_token_file {
-            let token = std::fs::read_to_string(path).map_err(|err| {
-                format!(
-                    "COMMENTS_ADMIN_TOKEN_FILE: cannot read {}: {err}",
-                    path.display()
-                )
-            })?;
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(format!(
-                    "COMMENTS_ADMIN_TOKEN_FILE: {} is empty",
-                    path.display()
-                ));
-            }
-            return Ok(Some(token.to_owned()));
+            return read_secret_file("COMMENTS_ADMIN_TOKEN_FILE", path).map(Some);
         }
         match &self.admin_token {
             Some(token) if token.trim().is_empty() => {
@@ -240,6 +240,18 @@ impl Config {
             other => Ok(other.clone()),
         }
     }
+}
+
+/// A secret mounted as a file: its content without surrounding whitespace, never empty. Errors
+/// name the variable and the path, never the content.
+fn read_secret_file(variable: &str, path: &std::path::Path) -> Result<String, String> {
+    let content = std::fs::read_to_string(path)
+        .map_err(|err| format!("{variable}: cannot read {}: {err}", path.display()))?;
+    let value = content.trim();
+    if value.is_empty() {
+        return Err(format!("{variable}: {} is empty", path.display()));
+    }
+    Ok(value.to_owned())
 }
 
 impl Cli {

@@ -109,10 +109,9 @@ pub fn with_shared_layers(routes: Router<AppState>, state: AppState, limits: Lim
                     header::CONTENT_SECURITY_POLICY,
                     HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
                 ))
-                .layer(middleware::trace_layer())
                 .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    middleware::track_metrics,
+                    state.metrics.clone(),
+                    middleware::observe,
                 ))
                 .layer(CatchPanicLayer::custom(middleware::panic_response(
                     state.metrics.clone(),

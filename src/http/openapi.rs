@@ -80,6 +80,36 @@ pub const EMAIL_PATTERN: &str = r"^[^@\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u202
 pub const COMMENT_PATTERN: &str =
     r"[^\x09-\x0D\x20\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
 
+/// What a create can answer besides success (both APIs share them).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only its shape matters: it documents responses, nothing builds one.
+pub enum CreateErrors {
+    /// Malformed JSON
+    #[response(status = 400)]
+    MalformedJson(ErrorBody),
+    /// The body did not arrive within the body read timeout
+    #[response(status = 408)]
+    BodyTimeout(ErrorBody),
+    /// Idempotency-Key reused for another comment
+    #[response(status = 409)]
+    KeyReused(ErrorBody),
+    /// Body over the limit
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Not application/json
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// A field is invalid
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// Write rate limit (when configured); see Retry-After
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// Storage unavailable or server overloaded; see Retry-After
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// `email` in a body.
 pub fn email_schema() -> impl Into<RefOr<Schema>> {
     ObjectBuilder::new()

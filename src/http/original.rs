@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{ContentIdPath, IdempotencyKeyHeader, JsonBody};
-use super::openapi::{ErrorBody, comment_schema, content_id_schema, email_schema};
+use super::openapi::{CreateErrors, ErrorBody, comment_schema, content_id_schema, email_schema};
 use crate::domain::{ContentId, NewComment, Page};
 use crate::error::{ApiError, json_response};
 
@@ -60,14 +60,7 @@ pub struct OriginalComment<'a> {
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = r"^[!-~]+$", description = "Makes retries safe")),
     responses(
         (status = 200, description = "Committed", body = SuccessBody),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within the body read timeout", body = ErrorBody),
-        (status = 409, description = "Idempotency-Key reused for another comment", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 429, description = "Write rate limit (when configured); see Retry-After", body = ErrorBody),
-        (status = 503, description = "Storage unavailable or server overloaded", body = ErrorBody),
+        CreateErrors,
     ),
 )]
 async fn create_comment(
@@ -107,13 +100,18 @@ async fn list_comments(
     if comments.is_empty() {
         return Err(ApiError::ContentNotFound(content_id));
     }
-    let shown: Vec<OriginalComment> = comments
-        .iter()
-        .map(|c| OriginalComment {
-            email: &c.email,
-            comment: &c.comment,
-        })
-        .collect();
-    let body = serde_json::to_vec(&shown).expect("strings always serialize");
+    // Rendered once per version of a cached list, not once per request.
+    let body = comments.render_whole(|comments| {
+        let shown: Vec<OriginalComment> = comments
+            .iter()
+            .map(|c| OriginalComment {
+                email: &c.email,
+                comment: &c.comment,
+            })
+            .collect();
+        serde_json::to_vec(&shown)
+            .expect("strings always serialize")
+            .into()
+    });
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{CommentIdPath, ContentIdPath, IdempotencyKeyHeader, JsonBody, PageQuery};
-use super::openapi::{ErrorBody, comment_schema, email_schema};
+use super::openapi::{CreateErrors, ErrorBody, comment_schema, email_schema};
 use crate::domain::{Comment, NewComment};
 use crate::error::ApiError;
 use crate::store::Created;
@@ -91,14 +91,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     responses(
         (status = 201, description = "Committed (or replayed: header Idempotent-Replayed)",
          body = CommentView, headers(("Location" = String, description = "The comment's URL"))),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within the body read timeout", body = ErrorBody),
-        (status = 409, description = "Idempotency-Key reused for another comment", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 429, description = "Write rate limit (when configured); see Retry-After", body = ErrorBody),
-        (status = 503, description = "Storage unavailable or server overloaded", body = ErrorBody),
+        CreateErrors,
     ),
 )]
 async fn create_comment(

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::ItemComments;
 use crate::domain::{Comment, ContentId};
 
 /// Items with more comments than this are not cached (their pages are read from the database).
@@ -26,7 +27,7 @@ pub struct ListCache {
 
 #[derive(Default)]
 struct State {
-    items: HashMap<ContentId, Arc<Vec<Comment>>>,
+    items: HashMap<ContentId, Arc<ItemComments>>,
     generation: u64,
     bytes: usize,
 }
@@ -62,7 +63,7 @@ impl ListCache {
     }
 
     /// Every comment on `item`, oldest first, if cached.
-    pub fn get(&self, item: &ContentId) -> Option<Arc<Vec<Comment>>> {
+    pub fn get(&self, item: &ContentId) -> Option<Arc<ItemComments>> {
         self.state().items.get(item).cloned()
     }
 
@@ -73,7 +74,7 @@ impl ListCache {
 
     /// Caches `comments` (every comment on `item`, read after `generation` was taken), unless a
     /// write may have changed the item since.
-    pub fn fill(&self, item: ContentId, comments: Arc<Vec<Comment>>, generation: u64) {
+    pub fn fill(&self, item: ContentId, comments: Arc<ItemComments>, generation: u64) {
         if comments.len() > MAX_COMMENTS_PER_ITEM {
             return;
         }
@@ -113,7 +114,7 @@ impl ListCache {
             state.bytes += size_of(std::slice::from_ref(comment));
             state
                 .items
-                .insert(comment.content_id.clone(), Arc::new(grown));
+                .insert(comment.content_id.clone(), Arc::new(grown.into()));
         }
         if state.bytes > BUDGET_BYTES {
             state.start_over();
@@ -153,7 +154,11 @@ mod tests {
     fn commits_append_to_cached_items() {
         let cache = ListCache::default();
         let generation = cache.generation();
-        cache.fill(item("a"), Arc::new(vec![comment(1, "a")]), generation);
+        cache.fill(
+            item("a"),
+            Arc::new(vec![comment(1, "a")].into()),
+            generation,
+        );
         cache.committed(&[comment(2, "a"), comment(3, "b")]);
         assert_eq!(ids(&cache.get(&item("a")).unwrap()), [1, 2]);
         assert!(
@@ -168,7 +173,11 @@ mod tests {
         let generation = cache.generation();
         // The reader's query ran, then the writer committed comment 2 and updated the cache.
         cache.committed(&[comment(2, "a")]);
-        cache.fill(item("a"), Arc::new(vec![comment(1, "a")]), generation);
+        cache.fill(
+            item("a"),
+            Arc::new(vec![comment(1, "a")].into()),
+            generation,
+        );
         assert!(cache.get(&item("a")).is_none(), "a stale list was cached");
     }
 
@@ -180,7 +189,7 @@ mod tests {
         // cache update.
         cache.fill(
             item("a"),
-            Arc::new(vec![comment(1, "a"), comment(2, "a")]),
+            Arc::new(vec![comment(1, "a"), comment(2, "a")].into()),
             generation,
         );
         cache.committed(&[comment(2, "a")]);
@@ -191,11 +200,19 @@ mod tests {
     fn deletes_forget_the_item_and_stop_racing_fills() {
         let cache = ListCache::default();
         let generation = cache.generation();
-        cache.fill(item("a"), Arc::new(vec![comment(1, "a")]), generation);
+        cache.fill(
+            item("a"),
+            Arc::new(vec![comment(1, "a")].into()),
+            generation,
+        );
         let before_delete = cache.generation();
         cache.deleted(&item("a"));
         assert!(cache.get(&item("a")).is_none());
-        cache.fill(item("a"), Arc::new(vec![comment(1, "a")]), before_delete);
+        cache.fill(
+            item("a"),
+            Arc::new(vec![comment(1, "a")].into()),
+            before_delete,
+        );
         assert!(cache.get(&item("a")).is_none());
     }
 
@@ -205,12 +222,12 @@ mod tests {
         let many: Vec<_> = (1..=MAX_COMMENTS_PER_ITEM as i64 + 1)
             .map(|id| comment(id, "a"))
             .collect();
-        cache.fill(item("a"), Arc::new(many), cache.generation());
+        cache.fill(item("a"), Arc::new(many.into()), cache.generation());
         assert!(cache.get(&item("a")).is_none());
         let full: Vec<_> = (1..=MAX_COMMENTS_PER_ITEM as i64)
             .map(|id| comment(id, "b"))
             .collect();
-        cache.fill(item("b"), Arc::new(full), cache.generation());
+        cache.fill(item("b"), Arc::new(full.into()), cache.generation());
         cache.committed(&[comment(5000, "b")]);
         assert!(cache.get(&item("b")).is_none(), "grown past the cap");
     }

@@ -8,10 +8,11 @@ pub mod list_cache;
 pub mod postgres;
 pub mod sqlite;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
 
@@ -92,17 +93,43 @@ pub trait CommentStore: Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn CommentStore>;
 
-/// A list of comments shared without copying: a window into an immutable list (a cached one, or
-/// the rows of one query).
+/// Every comment on one item, oldest first, shared by the readers that got it from the cache,
+/// with room for one rendering of the whole list that they can share too (so a list that did not
+/// change is not serialized again for every request).
+#[derive(Debug, Default)]
+pub struct ItemComments {
+    comments: Vec<Comment>,
+    rendered: OnceLock<Bytes>,
+}
+
+impl From<Vec<Comment>> for ItemComments {
+    fn from(comments: Vec<Comment>) -> Self {
+        ItemComments {
+            comments,
+            rendered: OnceLock::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for ItemComments {
+    type Target = [Comment];
+
+    fn deref(&self) -> &[Comment] {
+        &self.comments
+    }
+}
+
+/// A list of comments shared without copying: a window into an item's comments (a cached list,
+/// or the rows of one query).
 #[derive(Debug, Clone)]
 pub struct Listing {
-    comments: Arc<Vec<Comment>>,
+    item: Arc<ItemComments>,
     range: std::ops::Range<usize>,
 }
 
 impl Listing {
     /// The part of `all` (every comment on an item, in id order) that `page` asks for.
-    pub fn window(all: Arc<Vec<Comment>>, page: Page) -> Listing {
+    pub fn window(all: Arc<ItemComments>, page: Page) -> Listing {
         let start = page
             .after
             .map_or(0, |after| all.partition_point(|c| c.id <= after));
@@ -110,7 +137,7 @@ impl Listing {
             all.len().min(start.saturating_add(limit as usize))
         });
         Listing {
-            comments: all,
+            item: all,
             range: start..end,
         }
     }
@@ -119,13 +146,23 @@ impl Listing {
     pub fn truncate(&mut self, len: usize) {
         self.range.end = self.range.end.min(self.range.start + len);
     }
+
+    /// `render(self)`, remembered with the list when this is the item's whole list: a caller
+    /// that always renders whole lists the same way renders each version once.
+    pub fn render_whole(&self, render: impl FnOnce(&[Comment]) -> Bytes) -> Bytes {
+        if self.range == (0..self.item.len()) {
+            self.item.rendered.get_or_init(|| render(self)).clone()
+        } else {
+            render(self)
+        }
+    }
 }
 
 impl From<Vec<Comment>> for Listing {
     fn from(comments: Vec<Comment>) -> Self {
         Listing {
             range: 0..comments.len(),
-            comments: Arc::new(comments),
+            item: Arc::new(comments.into()),
         }
     }
 }
@@ -134,7 +171,7 @@ impl std::ops::Deref for Listing {
     type Target = [Comment];
 
     fn deref(&self) -> &[Comment] {
-        &self.comments[self.range.clone()]
+        &self.item[self.range.clone()]
     }
 }
 
@@ -180,6 +217,25 @@ pub async fn open(options: &StoreOptions) -> Result<SharedStore, StoreError> {
             "database URL must start with sqlite: or postgres://".into(),
         )),
     }
+}
+
+/// A stored row back into a [`Comment`]; a value that no longer parses means the database was
+/// changed behind the service's back, which is a storage failure, not a client error.
+pub(crate) fn decode_comment(
+    id: i64,
+    content_id: &str,
+    email: String,
+    comment: Vec<u8>,
+    created_at: time::OffsetDateTime,
+) -> Result<Comment, StoreError> {
+    let corrupt = |what: &str| StoreError::Unavailable(format!("stored {what} is corrupt"));
+    Ok(Comment {
+        id: CommentId::from_stored(id),
+        content_id: ContentId::parse(content_id).map_err(|_| corrupt("content_id"))?,
+        email,
+        comment: String::from_utf8(comment).map_err(|_| corrupt("comment"))?,
+        created_at,
+    })
 }
 
 /// Runs `operation` within `limit`, or says what timed out.

@@ -285,13 +285,13 @@ struct Row {
 
 impl Row {
     fn into_comment(self) -> Result<Comment, StoreError> {
-        let corrupt = |what: &str| StoreError::Unavailable(format!("stored {what} is corrupt"));
-        Ok(Comment {
-            id: CommentId::from_stored(self.id),
-            content_id: ContentId::parse(&self.content_id).map_err(|_| corrupt("content_id"))?,
-            email: self.email,
-            comment: String::from_utf8(self.comment).map_err(|_| corrupt("comment"))?,
-            created_at: self.created_at,
-        })
+        let Row {
+            id,
+            content_id,
+            email,
+            comment,
+            created_at,
+        } = self;
+        super::decode_comment(id, &content_id, email, comment, created_at)
     }
 }

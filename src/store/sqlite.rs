@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::list_cache::{ListCache, MAX_COMMENTS_PER_ITEM};
 use super::{
-    CommentStore, Created, IDEMPOTENCY_KEY_TTL, Listing, StoreError, StoreOptions, now_micros,
+    CommentStore, Created, IDEMPOTENCY_KEY_TTL, ItemComments, Listing, StoreError, StoreOptions,
+    now_micros,
 };
 use crate::domain::{Comment, CommentId, ContentId, IdempotencyKey, NewComment, Page};
 
@@ -188,7 +189,7 @@ impl CommentStore for SqliteStore {
             .read("list", select_page(&self.readers, content_id, whole))
             .await?;
         if all.len() <= MAX_COMMENTS_PER_ITEM {
-            let all = Arc::new(all);
+            let all = Arc::new(ItemComments::from(all));
             self.cache.fill(content_id.clone(), all.clone(), generation);
             return Ok(Listing::window(all, page));
         }
@@ -481,16 +482,16 @@ struct Row {
 
 impl Row {
     fn into_comment(self) -> Result<Comment, StoreError> {
-        let corrupt = |what: &str| StoreError::Unavailable(format!("stored {what} is corrupt"));
-        Ok(Comment {
-            id: CommentId::from_stored(self.id),
-            content_id: ContentId::parse(&self.content_id).map_err(|_| corrupt("content_id"))?,
-            email: self.email,
-            comment: String::from_utf8(self.comment).map_err(|_| corrupt("comment"))?,
-            created_at: OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(self.created_at) * 1000,
-            )
-            .map_err(|_| corrupt("created_at"))?,
-        })
+        let Row {
+            id,
+            content_id,
+            email,
+            comment,
+            created_at,
+        } = self;
+        let created_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(created_at) * 1000)
+                .map_err(|_| StoreError::Unavailable("stored created_at is corrupt".into()))?;
+        super::decode_comment(id, &content_id, email, comment, created_at)
     }
 }

@@ -1,9 +1,13 @@
 //! Prometheus metrics, served on their own listener. The names and labels are a contract the
 //! dashboard and alert rules rely on (see DESIGN.md, Metrics).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::BuildInfo;
@@ -13,11 +17,22 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Per thread: (registry, method, status) -> route -> series.
+type HandleCache = HashMap<(usize, &'static str, u16), HashMap<Box<str>, RequestSeries>>;
+
+/// The two series one request lands in.
+struct RequestSeries {
+    count: IntCounter,
+    duration: Histogram,
+}
+
 /// The `route` label of requests that matched no route, so junk paths share one series.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 #[derive(Clone)]
 pub struct Metrics {
+    /// Tells registries apart in the per-thread handle cache (tests run several at once).
+    id: usize,
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -103,7 +118,9 @@ impl Metrics {
                 .expect("metric names are unique");
         }
 
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             http_requests,
             http_duration,
@@ -113,6 +130,32 @@ impl Metrics {
             http_panics,
             admin_auth_failures,
         }
+    }
+
+    /// Counts one answered request and its duration. The labelled series' handles are looked up
+    /// once per thread and label set, then reused: no hashing of label strings and no lock on
+    /// the registry per request.
+    pub fn observe_request(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
+        thread_local! {
+            static HANDLES: RefCell<HandleCache> = RefCell::new(HashMap::new());
+        }
+        HANDLES.with_borrow_mut(|handles| {
+            let by_route = handles.entry((self.id, method, status)).or_default();
+            let series = match by_route.get(route) {
+                Some(series) => series,
+                None => {
+                    let status_text = status.to_string();
+                    let labels = [method, route, status_text.as_str()];
+                    let series = RequestSeries {
+                        count: self.http_requests.with_label_values(&labels),
+                        duration: self.http_duration.with_label_values(&labels),
+                    };
+                    by_route.entry(route.into()).or_insert(series)
+                }
+            };
+            series.count.inc();
+            series.duration.observe(seconds);
+        });
     }
 
     /// The registry in the Prometheus text format.

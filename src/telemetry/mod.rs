@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod traces;
 
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -27,8 +28,10 @@ pub fn init(format: LogFormat, otel: &OtelConfig) -> Result<Tracing, String> {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().pretty().boxed(),
     };
     let tracing = Tracing::from_config(otel)?;
+    // Storage spans are for traces only: no log line needs them, so the log layer skips the work.
+    let not_storage = filter_fn(|meta| !(meta.is_span() && meta.name() == "store"));
     tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
+        .with(logs.with_filter(filter.and(not_storage)))
         .with(tracing.layer())
         .try_init()
         .map_err(|err| format!("cannot install the log subscriber: {err}"))?;

@@ -52,9 +52,10 @@ addresses in the ConfigMap and the probes all come from here. */}}
 {{- define "comments.httpPort" -}}8080{{- end }}
 {{- define "comments.metricsPort" -}}9090{{- end }}
 
-{{/* Where the pod's files live: the SQLite volume and the mounted admin token. */}}
+{{/* Where the pod's files live: the SQLite volume and the mounted Secrets. */}}
 {{- define "comments.dataDir" -}}/data{{- end }}
 {{- define "comments.adminTokenFile" -}}/etc/comments/admin-token/token{{- end }}
+{{- define "comments.databaseUrlFile" -}}/etc/comments/database/url{{- end }}
 
 {{/* "true" when the pods use the embedded SQLite store (no PostgreSQL Secret given), else "". */}}
 {{- define "comments.sqlite" -}}

@@ -2,13 +2,11 @@
 //! capped, slow clients are cut off, and through a flood normal clients still get answers while
 //! memory stays bounded.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Db, Server, TestApp};
+use crate::common::{Db, Server, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

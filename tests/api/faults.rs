@@ -3,13 +3,11 @@
 //! up or turns read-only (a small tmpfs; needs root, as CI runs). Requests get a quick 503 with
 //! Retry-After, liveness holds, the service recovers by itself, and nothing acknowledged is lost.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
-use common::{Db, Server};
+use crate::common::proxy::Proxy;
+use crate::common::{Db, Server};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 

@@ -2,13 +2,11 @@
 //! requests keep succeeding during the delay, an in-flight request completes after the listener
 //! has closed, and the process exits 0.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Db, Server};
+use crate::common::{Db, Server};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

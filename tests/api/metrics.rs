@@ -2,11 +2,9 @@
 //! them), counts that agree with the traffic, and label sets that stay bounded whatever clients
 //! send.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Db, TestApp};
+use crate::common::{Db, TestApp};
 
 /// One scraped sample: metric name, labels, value.
 #[derive(Debug, Clone)]

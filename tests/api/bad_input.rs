@@ -1,9 +1,7 @@
 //! Bad input, table-driven: every case gets its 4xx with the JSON error shape naming what was
 //! wrong, and nothing is stored.
 
-mod common;
-
-use common::{Db, Kind, Reply, TestApp};
+use crate::common::{Db, Kind, Reply, TestApp};
 use reqwest::Method;
 
 struct Case {

@@ -1,9 +1,7 @@
 //! The original Flask API, byte for byte: the curl sequence from the seed document
 //! (`seeds/001_*`, "Execucão Manual de aplicacao") against both backends.
 
-mod common;
-
-use common::{Db, TestApp};
+use crate::common::{Db, TestApp};
 
 const QUEUE_1: [&str; 3] = [
     r#"{"email":"guilherme@example.com","comment":"Primeiro Post!","content_id":1}"#,

@@ -1,13 +1,11 @@
 //! Nothing acknowledged is ever lost: the real binary is SIGKILLed in the middle of concurrent
 //! writes and restarted on the same database; and replicas share one PostgreSQL.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Db, Kind, Server};
+use crate::common::{Db, Kind, Server};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 

@@ -1,11 +1,9 @@
 //! Hostile clients: security headers on every answer, the write rate limit, admin failures
 //! counted, and request smuggling / header tricks refused at the HTTP layer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Db, TestApp};
+use crate::common::{Db, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,7 +32,7 @@ async fn every_answer_carries_nosniff_and_a_restrictive_csp() {
     app.stop().await;
 }
 
-async fn post_from(app: &TestApp, forwarded_for: Option<&str>) -> common::Reply {
+async fn post_from(app: &TestApp, forwarded_for: Option<&str>) -> crate::common::Reply {
     let mut request = app
         .client
         .post(app.url("/api/comment/new"))
@@ -43,7 +41,7 @@ async fn post_from(app: &TestApp, forwarded_for: Option<&str>) -> common::Reply 
     if let Some(address) = forwarded_for {
         request = request.header("x-forwarded-for", address);
     }
-    common::Reply::from(request.send().await.unwrap()).await
+    crate::common::Reply::from(request.send().await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

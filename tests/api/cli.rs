@@ -1,11 +1,9 @@
 //! The binary's command line: every option documented, bad values refused in one line, and the
 //! healthcheck subcommand.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Db, Server};
+use crate::common::{Db, Server};
 
 fn comments(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_comments"));
@@ -76,11 +74,16 @@ fn a_bad_value_stops_startup_with_one_line_naming_the_variable() {
 fn start_up_problems_are_one_clear_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().unwrap();
     let missing_token_file = dir.path().join("nope");
-    let cases: [(&str, String, &str); 3] = [
+    let cases: [(&str, String, &str); 4] = [
         (
             "COMMENTS_DATABASE_URL",
             "mysql://localhost/x".into(),
             "COMMENTS_DATABASE_URL",
+        ),
+        (
+            "COMMENTS_DATABASE_URL_FILE",
+            missing_token_file.display().to_string(),
+            "COMMENTS_DATABASE_URL_FILE",
         ),
         (
             "COMMENTS_ADMIN_TOKEN_FILE",
@@ -113,4 +116,34 @@ async fn healthcheck_exits_zero_when_ready_and_one_when_not() {
     assert_eq!(down.status.code(), Some(1));
     let stderr = String::from_utf8(down.stderr).unwrap();
     assert!(stderr.starts_with("comments healthcheck:"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_url_can_come_from_a_file() {
+    let db = Db::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url");
+    std::fs::write(&file, format!("{}\n", db.url)).unwrap();
+    let server = Server::start(&[
+        ("COMMENTS_DATABASE_URL", "sqlite:///nonexistent/ignored.db"),
+        ("COMMENTS_DATABASE_URL_FILE", file.to_str().unwrap()),
+    ]);
+    let client = reqwest::Client::new();
+    server.wait_ready(&client).await;
+    let created = client
+        .post(server.url("/api/comment/new"))
+        .json(
+            &serde_json::json!({"email": "u@example.com", "comment": "via file", "content_id": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM comments")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the comment went to the database the file names");
 }

@@ -1,9 +1,7 @@
 //! The versioned API against both backends: create, idempotent retries, pagination, get, admin
 //! delete.
 
-mod common;
-
-use common::{Db, TestApp};
+use crate::common::{Db, TestApp};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -12,7 +10,12 @@ async fn spawn_with_token(db: Db) -> TestApp {
     TestApp::spawn_with(db, |config| config.admin_token = Some(TOKEN.into())).await
 }
 
-async fn create(app: &TestApp, content_id: &str, body: Value, key: Option<&str>) -> common::Reply {
+async fn create(
+    app: &TestApp,
+    content_id: &str,
+    body: Value,
+    key: Option<&str>,
+) -> crate::common::Reply {
     let mut request = app
         .client
         .post(app.url(&format!("/api/v1/contents/{content_id}/comments")))
@@ -21,7 +24,7 @@ async fn create(app: &TestApp, content_id: &str, body: Value, key: Option<&str>)
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
     }
-    common::Reply::from(request.send().await.unwrap()).await
+    crate::common::Reply::from(request.send().await.unwrap()).await
 }
 
 async fn a_created_comment_has_an_id_a_location_and_reads_back(db: Db) {
@@ -222,7 +225,7 @@ async fn deleting_needs_the_admin_token(db: Db) {
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
         }
-        let reply = common::Reply::from(request.send().await.unwrap()).await;
+        let reply = crate::common::Reply::from(request.send().await.unwrap()).await;
         assert_eq!(reply.status, 401, "{auth:?}");
         assert_eq!(
             reply.header("www-authenticate"),
@@ -259,7 +262,7 @@ async fn deleting_needs_the_admin_token(db: Db) {
 
 async fn deleting_is_off_without_a_configured_token(db: Db) {
     let app = TestApp::spawn(db).await;
-    let reply = common::Reply::from(
+    let reply = crate::common::Reply::from(
         app.client
             .delete(app.url("/api/v1/comments/1"))
             .bearer_auth("anything")
