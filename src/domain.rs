@@ -26,6 +26,11 @@ impl Invalid {
     }
 }
 
+/// The largest integer `content_id` (2^53 - 1): every JSON client, JavaScript's included, writes
+/// integers up to here exactly. Larger ids can be sent as strings.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+const TOO_LARGE: &str = "must be an integer between -(2^53 - 1) and 2^53 - 1, or a string";
+
 /// The item comments hang off: `1` and `"1"` are the same item, as in the original API.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -67,20 +72,28 @@ impl<'de> Deserialize<'de> for ContentId {
             }
 
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ContentId, E> {
+                if v.unsigned_abs() > MAX_SAFE_INTEGER {
+                    return Err(E::custom(TOO_LARGE));
+                }
                 Ok(ContentId(v.to_string()))
             }
 
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ContentId, E> {
+                if v > MAX_SAFE_INTEGER {
+                    return Err(E::custom(TOO_LARGE));
+                }
                 Ok(ContentId(v.to_string()))
             }
 
             /// `2179.0` is the integer 2179 to JSON Schema (and to JavaScript clients).
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<ContentId, E> {
-                if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                    Ok(ContentId((v as i64).to_string()))
-                } else {
-                    Err(E::invalid_type(de::Unexpected::Float(v), &self))
+                if v.fract() != 0.0 {
+                    return Err(E::invalid_type(de::Unexpected::Float(v), &self));
                 }
+                if v.abs() > MAX_SAFE_INTEGER as f64 {
+                    return Err(E::custom(TOO_LARGE));
+                }
+                Ok(ContentId((v as i64).to_string()))
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ContentId, E> {
@@ -267,6 +280,9 @@ mod tests {
         assert_eq!(from_int, from_str);
         let negative: ContentId = serde_json::from_str("-7").unwrap();
         assert_eq!(negative.as_str(), "-7");
+        assert!(serde_json::from_str::<ContentId>("9007199254740991").is_ok());
+        assert!(serde_json::from_str::<ContentId>("9007199254740992").is_err());
+        assert!(serde_json::from_str::<ContentId>("-9007199254740992").is_err());
     }
 
     #[test]

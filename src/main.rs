@@ -25,8 +25,8 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: comments::config::Config) -> ExitCode {
-    let tracing = match telemetry::init(config.log_format, &config.otel) {
-        Ok(tracing) => tracing,
+    let telemetry = match telemetry::init(config.log_format, &config.otel) {
+        Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("comments: {err}");
             return ExitCode::from(2);
@@ -36,11 +36,13 @@ async fn serve(config: comments::config::Config) -> ExitCode {
         Ok(app) => app.run().await,
         Err(err) => Err(err),
     };
-    tracing.shutdown().await;
+    if let Err(err) = &outcome {
+        tracing::error!(error = %err, "comments stopped with an error");
+    }
+    telemetry.shutdown().await;
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "comments stopped with an error");
             eprintln!("comments: {err}");
             ExitCode::FAILURE
         }

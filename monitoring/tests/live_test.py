@@ -6,8 +6,8 @@
    service, pod, container, endpoint, instance), and loading charts/comments/files/rules.yaml.
 2. Drives a known mix of traffic in two phases (a warm-up that creates every series, then the
    measured phase): fast successes on every route, 4xx (404, 405, 422, 403), slow requests (a
-   client that sends its body over 350 ms), 503s from load shedding (the concurrency limit taken by
-   slow requests) and 503s from storage timeouts (the SQLite database locked by this test).
+   client that sends its body over 350 ms), 503s from load shedding (the write slots of the concurrency limit taken by
+   slow writes) and 503s from storage timeouts (the SQLite database locked by this test).
 3. Checks through Prometheus's HTTP API that every dashboard query returns data, every recording
    rule produces series, http_requests_total per (method, route, status) is exactly what was sent,
    the error ratio, the latency SLI and latency quantiles agree with what was sent, the alerts
@@ -91,7 +91,8 @@ class Service:
         env = dict(os.environ, COMMENTS_LISTEN="127.0.0.1:0", COMMENTS_METRICS_LISTEN="127.0.0.1:0",
                    COMMENTS_DATABASE_URL=f"sqlite://{self.db}", COMMENTS_LOG_FORMAT="json",
                    COMMENTS_SHUTDOWN_DELAY="0s", COMMENTS_STORAGE_TIMEOUT=f"{int(STORAGE_TIMEOUT * 1000)}ms",
-                   COMMENTS_MAX_CONCURRENCY=str(MAX_CONCURRENCY), RUST_LOG="warn,comments=info")
+                   COMMENTS_MAX_CONCURRENCY=str(MAX_CONCURRENCY), COMMENTS_BODY_READ_TIMEOUT="30s",
+                   RUST_LOG="warn,comments=info")
         self.log = open(workdir / "comments.log", "w+")
         self.proc = subprocess.Popen([binary], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -307,15 +308,19 @@ def drive(client, service, scale):
         for thread in threads:
             thread.join()
 
-    # Load shedding: slow requests hold every slot of the concurrency limit, so fast requests
-    # arriving meanwhile are answered 503 at once.
+    # Load shedding: slow writes hold every write slot of the concurrency limit, so writes
+    # arriving meanwhile are answered 503 at once (reads have slots of their own and go on).
     go = threading.Event()
     holders = [threading.Thread(target=client.slow_create, args=(2,), kwargs={"hold": go}) for _ in range(MAX_CONCURRENCY)]
     for holder in holders:
         holder.start()
     wait_until(lambda: in_flight(service) == MAX_CONCURRENCY, 5, "the slow requests to fill the concurrency limit")
     for i in range(n(20)):
-        client.request("GET", f"/api/comment/list/{1 + i % 4}", "/api/comment/list/{content_id}", 503)
+        client.request("POST", f"/api/v1/contents/{1 + i % 4}/comments", "/api/v1/contents/{content_id}/comments",
+                       503, {"email": f"shed{i}@example.com", "comment": "shed"})
+        # Answered before its body was read, so the server closes that connection: open another.
+        client.conn.close()
+        client.request("GET", f"/api/comment/list/{1 + i % 4}", "/api/comment/list/{content_id}", 200)
     go.set()
     for holder in holders:
         holder.join()

@@ -11,6 +11,7 @@ use utoipa::openapi::{ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::AppState;
+use crate::domain::MAX_SAFE_INTEGER;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -135,9 +136,12 @@ pub fn comment_schema() -> impl Into<RefOr<Schema>> {
 /// `1` and `"1"` name the same item.
 pub fn content_id_schema() -> impl Into<RefOr<Schema>> {
     OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(Type::Integer).format(Some(
-            utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64),
-        )))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(-(MAX_SAFE_INTEGER as f64)))
+                .maximum(Some(MAX_SAFE_INTEGER as f64)),
+        )
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)

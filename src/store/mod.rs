@@ -37,7 +37,7 @@ impl Created {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The idempotency key was used before for a different comment.
     #[error("Idempotency-Key was already used for a different comment")]
@@ -53,7 +53,30 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        StoreError::Unavailable(err.to_string())
+        if ran_out_of_time(&err) {
+            StoreError::TimedOut(err.to_string())
+        } else {
+            StoreError::Unavailable(err.to_string())
+        }
+    }
+}
+
+/// Errors that mean "not within the storage timeout" (each was set to it): no connection in
+/// time, SQLite's busy timeout on a lock, PostgreSQL's statement_timeout.
+fn ran_out_of_time(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), primary or extended (code & 0xff);
+            // PostgreSQL query_canceled (57014).
+            let sqlite_busy = code
+                .parse::<u32>()
+                .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+            sqlite_busy || code == "57014"
+        }
+        _ => false,
     }
 }
 

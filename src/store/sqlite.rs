@@ -314,7 +314,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>, cac
         Err(err) => {
             tracing::error!(error = %err, writes = batch.len(), "SQLite batch rolled back");
             for op in batch.drain(..) {
-                fail(op, StoreError::Unavailable(err.to_string()));
+                fail(op, err.clone());
             }
         }
     }
@@ -423,12 +423,10 @@ fn answer(op: WriteOp, applied: Applied) {
 }
 
 fn fail(op: WriteOp, err: StoreError) {
-    let message = err.to_string();
-    let unavailable = || StoreError::Unavailable(message.clone());
     match op {
         WriteOp::Create { reply, .. } => drop(reply.send(Err(err))),
-        WriteOp::Delete { reply, .. } => drop(reply.send(Err(unavailable()))),
-        WriteOp::PurgeKeys { reply } => drop(reply.send(Err(unavailable()))),
+        WriteOp::Delete { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::PurgeKeys { reply } => drop(reply.send(Err(err))),
         WriteOp::Close { done } => drop(done.send(())),
     }
 }

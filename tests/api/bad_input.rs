@@ -240,6 +240,12 @@ fn cases() -> Vec<Case> {
             "content_id",
         ),
         post(
+            "content_id beyond 2^53",
+            body_with("content_id", "9007199254740992"),
+            422,
+            "content_id",
+        ),
+        post(
             "content_id beyond 64 bits",
             body_with("content_id", "123456789012345678901234567890"),
             422,
