@@ -12,7 +12,7 @@ use crate::BuildInfo;
 use crate::auth::AdminToken;
 use crate::config::Config;
 use crate::http::rate_limit::{self, WriteRateLimit};
-use crate::http::{self, AppState, Limits};
+use crate::http::{self, Limits, Shared};
 use crate::server::{self, ConnectionLimits};
 use crate::shutdown::{self, Lifecycle};
 use crate::store::instrumented::Instrumented;
@@ -74,7 +74,7 @@ impl App {
         let metrics_listener = bind(config.metrics_listen, "COMMENTS_METRICS_LISTEN").await?;
 
         let lifecycle = Lifecycle::default();
-        let state = AppState {
+        let shared = Shared {
             store: store.clone(),
             admin_token,
             lifecycle: lifecycle.clone(),
@@ -100,7 +100,7 @@ impl App {
         Ok(Self {
             api_listener,
             metrics_listener,
-            router: http::router(state, limits),
+            router: http::router(shared, limits),
             rate_limits,
             metrics_router: http::metrics_router(metrics),
             store,

@@ -1,6 +1,7 @@
 //! Telemetry, set up in one place: logs (JSON lines or pretty, filtered by `RUST_LOG`), traces
 //! (OpenTelemetry over OTLP when an endpoint is configured) and metrics ([`metrics`]).
 
+pub mod json_lines;
 pub mod metrics;
 pub mod traces;
 
@@ -50,25 +51,27 @@ pub fn init(format: LogFormat, otel: &OtelConfig) -> Result<Telemetry, String> {
         .thread_name("log-writer")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let lines = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(stdout)
-            .boxed(),
+        LogFormat::Json => json_lines::JsonLines::new(stdout).boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .pretty()
             .with_writer(stdout)
             .boxed(),
     };
     let tracing = Tracing::from_config(otel)?;
-    // Storage spans are for traces only: no log line needs them, so the log layer skips the work.
-    let not_storage = filter_fn(|meta| !(meta.is_span() && meta.name() == "store"));
-    tracing_subscriber::registry()
-        .with(lines.with_filter(filter.and(not_storage)))
-        .with(tracing.layer())
-        .try_init()
-        .map_err(|err| format!("cannot install the log subscriber: {err}"))?;
+    // The request and storage spans are for traces only (log lines inside a request get its ids
+    // from `json_lines::in_request`), so the log layer skips them, and without an exporter they
+    // are never built.
+    let not_trace_spans =
+        filter_fn(|meta| !(meta.is_span() && matches!(meta.name(), "request" | "store")));
+    let logs_only =
+        tracing_subscriber::registry().with(lines.with_filter(filter.and(not_trace_spans)));
+    // Without an exporter, no trace layer at all: an absent (`None`) layer would declare an
+    // interest in every span and event, so the storage spans and every dependency's debug events
+    // would be built for nobody.
+    match tracing.layer() {
+        Some(traces) => logs_only.with(traces).try_init(),
+        None => logs_only.try_init(),
+    }
+    .map_err(|err| format!("cannot install the log subscriber: {err}"))?;
     Ok(Telemetry { tracing, logs })
 }
