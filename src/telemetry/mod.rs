@@ -2,12 +2,10 @@
 //! (OpenTelemetry over OTLP when an endpoint is configured) and metrics ([`metrics`]).
 
 pub mod json_lines;
+pub mod log_writer;
 pub mod metrics;
 pub mod traces;
 
-use std::io::BufWriter;
-
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -20,36 +18,28 @@ pub use traces::Tracing;
 /// What must live until shutdown: the trace exporter and the log writer.
 pub struct Telemetry {
     tracing: Tracing,
-    logs: WorkerGuard,
+    logs: log_writer::LogFlusher,
 }
 
 impl Telemetry {
-    /// Flushes the last spans, then the last log lines.
+    /// Flushes the last spans, then the last log lines (off the async threads: both block).
     pub async fn shutdown(self) {
         self.tracing.shutdown().await;
-        drop(self.logs);
+        let logs = self.logs;
+        let _ = tokio::task::spawn_blocking(move || drop(logs)).await;
     }
 }
 
-/// Log lines waiting for the writer thread. When stdout cannot keep up with this many, logging
-/// waits for it (lines are never dropped), as a plain write to stdout would.
-const LOG_LINES_BUFFERED: usize = 64 * 1024;
-
 /// Installs the global subscriber. Call once, from `main`; tests install their own or none.
 ///
-/// Lines are written by a thread of their own, in batches: formatting stays on the request path,
-/// but the `write` to stdout does not happen once per line. Measured on this service, a `write`
-/// per request line cost close to half the requests per second a core could serve. The cost: lines
-/// still in the buffer when the process is killed with SIGKILL are lost (a graceful stop flushes).
+/// Lines are written to stdout by a thread of their own, in batches ([`log_writer`]): formatting
+/// stays on the request path, the `write` does not.
 pub fn init(format: LogFormat, otel: &OtelConfig) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new("info"))
         .map_err(|err| format!("RUST_LOG: {err}"))?;
-    let (stdout, logs) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_LINES_BUFFERED)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    let (stdout, logs) = log_writer::spawn(std::io::stdout())
+        .map_err(|err| format!("cannot start the log writer: {err}"))?;
     let lines = match format {
         LogFormat::Json => json_lines::JsonLines::new(stdout).boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()

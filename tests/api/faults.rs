@@ -270,7 +270,12 @@ async fn a_full_disk_gives_503_and_a_log_line_and_writes_resume_when_space_retur
         200,
         "reads still work"
     );
-    let logs = server.drain_logs().join("\n");
+    let logs = server
+        .logs_until(Duration::from_secs(5), |lines| {
+            lines.iter().any(|l| l.contains("disk is full"))
+        })
+        .await
+        .join("\n");
     assert!(logs.contains("disk is full"), "the cause is logged");
     assert!(!logs.contains("panicked"));
 
@@ -319,7 +324,7 @@ async fn a_read_only_database_serves_reads_and_refuses_writes_clearly() {
         server.wait(Duration::from_secs(15)).unwrap().code(),
         Some(0)
     );
-    let logs = server.drain_logs().join("\n");
+    let logs = server.logs_after_exit().join("\n");
     assert!(
         logs.contains("SQLite batch rolled back") && logs.contains("readonly"),
         "{logs}"

@@ -251,7 +251,7 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector(protocol: &str
     assert!(spans.iter().any(|r| r.span.name == "store.create" && r.span.parent_span_id == created.span.span_id));
 
     // The request's log line carries the same trace and span ids.
-    let logs = server.drain_logs();
+    let logs = server.logs_after_exit();
     let line = logs
         .iter()
         .find(|l| l.contains(r#""message":"request""#) && l.contains(TRACE_ID))

@@ -370,8 +370,36 @@ impl Server {
     }
 
     /// Every log line printed so far.
+    /// The lines logged so far that have reached us (the service writes its lines out every few
+    /// milliseconds: use [`Server::logs_until`] to wait for one).
     pub fn drain_logs(&self) -> Vec<String> {
         self.logs.try_iter().collect()
+    }
+
+    /// Every line still to come from a process that has exited (until its stdout closes).
+    pub fn logs_after_exit(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.logs.recv_timeout(Duration::from_secs(10)) {
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// Collects lines until `done` says the ones collected are enough, for at most `timeout`.
+    pub async fn logs_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            lines.extend(self.drain_logs());
+            if done(&lines) || Instant::now() >= deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn wait_ready(&self, client: &reqwest::Client) {
