@@ -24,9 +24,9 @@ case "${1:-}" in
   *) die "usage: bench/run.sh [--quick]" ;;
 esac
 if [ $MODE = quick ]; then
-  WARMUP_S=1 DURATION_S=2 ROUNDS=1 STARTS=3 RESULTS=bench/RESULTS.quick.md
+  WARMUP_S=1 DURATION_S=2 ROUNDS=1 STARTS=3 SCRAPES=50 RESULTS=bench/RESULTS.quick.md
 else
-  WARMUP_S=2 DURATION_S=5 ROUNDS=3 STARTS=7 RESULTS=bench/RESULTS.md
+  WARMUP_S=2 DURATION_S=5 ROUNDS=3 STARTS=7 SCRAPES=500 RESULTS=bench/RESULTS.md
 fi
 CONNECTIONS=64
 SERVER_CPU=0 # every server (and what it forks) runs on this core...
@@ -41,7 +41,7 @@ WORK=$(mktemp -d /tmp/comments-bench.XXXXXX)
 DB_NAME=comments_bench_$$_$RANDOM
 DB_CREATED=
 BINARY_INFO= # what was copied from COMMENTS_BIN (see build)
-declare -A PID URL
+declare -A PID URL METRICS_URL
 WRK=() # the wrk command line of the current run
 STARTED=() # every PID this script started, killed by PID on exit
 
@@ -143,6 +143,9 @@ start_comments() {
   addr=$(wait_line "$WORK/$name.log" '"api":"[^"]+"' 30 "${PID[$name]}") \
     || die "comments ($name) did not start: $(tail -n 5 "$WORK/$name.err" "$WORK/$name.log")"
   URL[$name]=http://${addr:7:-1}
+  addr=$(wait_line "$WORK/$name.log" '"metrics":"[^"]+"' 30 "${PID[$name]}") \
+    || die "comments ($name) logged no metrics address"
+  METRICS_URL[$name]=http://${addr:11:-1}
   wait_http "${URL[$name]}/readyz" 30 || die "comments ($name) not ready on ${URL[$name]}/readyz"
 }
 
@@ -300,6 +303,14 @@ load() {
   done
 }
 
+# The cost of a scrape of comments (SQLite) with many label combinations present (after the
+# loads, plus a spread of methods, routes and bad inputs): series, bytes, latency.
+scrape() {
+  taskset -c "$CLIENT_CPU" python3 bench/py/scrape.py "${URL[sqlite]}" "${METRICS_URL[sqlite]}" "$SCRAPES" \
+    >"$WORK/scrape.txt" || die "timing the scrapes failed"
+  cat "$WORK/scrape.txt" >&2
+}
+
 report() {
   local binary_version
   binary_version=$(curl -s --max-time 2 "${URL[sqlite]}/version")
@@ -324,8 +335,9 @@ report() {
     echo "server_cpu=$SERVER_CPU"
     echo "client_cpu=$CLIENT_CPU"
     echo "clk_tck=$(getconf CLK_TCK)"
-    echo "image_size=${BENCH_IMAGE_SIZE:-}"
+    echo "image_size=${BENCH_IMAGE_SIZE:-$(cat target/image-size 2>/dev/null || true)}"
     cat "$WORK/startup.txt"
+    cat "$WORK/scrape.txt"
   } >"$WORK/run.info"
   python3 bench/py/report.py "$WORK" "$RESULTS"
 }
@@ -340,4 +352,5 @@ stage "bench: seed and check" seed_and_check
 for scenario in "${SCENARIOS[@]}"; do
   stage "bench: load $scenario" load "$scenario"
 done
+stage "bench: scrape cost" scrape
 stage "bench: report" report

@@ -182,6 +182,9 @@ build_pushes_and_bumps() {
   called first "aws ecr get-login-password --region eu-west-1"
   called first "docker login --username AWS --password-stdin ${REPOSITORY%%/*}"
   grep -qE '^docker run .* rust:1\.95\.0-bookworm cargo test --locked --release$' "$WORK/first/calls.log" || fail "no cargo test"
+  # The storage fault tests mount a tmpfs: without SYS_ADMIN they fail in the container.
+  grep -E '^docker run .* cargo test ' "$WORK/first/calls.log" | grep -q -- '--cap-add SYS_ADMIN' ||
+    fail "the tests' container lacks --cap-add SYS_ADMIN (the fault tests mount a tmpfs)"
   called first "docker build --build-arg GIT_COMMIT=$SOURCE --build-arg VERSION=0.1.0 --tag $REPOSITORY:$SHORT ."
   called first "docker push $REPOSITORY:$SHORT"
   expect first "Exported variable IMAGE_TAG=$SHORT$" "IMAGE_TAG not exported"

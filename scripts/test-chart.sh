@@ -8,6 +8,9 @@
 #   kube_validate   kubernetes-validate --strict on the built-in objects, for that version
 #   models          kubernetes-models validate() on every object (Prometheus Operator and Argo CD
 #                   CRDs included), after checking it catches a broken object
+#   behaviour       what the chart promises, on the rendered objects: SQLite = 1 replica, Recreate,
+#                   PVC; PostgreSQL = rolling update with maxUnavailable 0, HPA, PDB, spread;
+#                   probes, grace period, ServiceMonitor job, NetworkPolicy, checksum rollout
 #   negative        values that must not render, each with its message
 #   sources         files/rules.yaml and files/dashboard.json are embedded as they are, whatever
 #                   valid content they hold; broken ones fail with a message
@@ -149,6 +152,10 @@ expect_failure() {
   echo "ok   $what: $(grep -F -- "$message" <<<"$output" | head -n 1)"
 }
 
+behaviour() {
+  python scripts/chart-test/behaviour.py "$CHART"
+}
+
 negative() {
   expect_failure "SQLite with 3 replicas" \
     "replicaCount is 3, but the embedded SQLite store serves a single replica" --set replicaCount=3 &&
@@ -257,7 +264,7 @@ argocheck_tree() {
 }
 
 failed=0
-for step in tools lint render kube_validate models negative sources checkov_chart contract argocheck_tree; do
+for step in tools lint render kube_validate models behaviour negative sources checkov_chart contract argocheck_tree; do
   if ! stage "$step" "$step"; then
     failed=$((failed + 1))
     # Without tools or renders, the later stages cannot say anything useful.

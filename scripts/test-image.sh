@@ -194,10 +194,18 @@ $("${PODMAN[@]}" logs "$NAME" 2>&1 | tail -n 20)"
   log "stopped with exit 0 in ${took}s"
 }
 
+# The size, for the benchmark's report (target/image-size) and against what README.md says
+# (within 10%, so the README is updated when the image grows or shrinks).
 size() {
-  local bytes
+  local bytes human stated
   bytes=$("${PODMAN[@]}" image inspect "$IMAGE" --format '{{.Size}}')
-  log "image size: $bytes bytes ($(numfmt --to=si --suffix=B "$bytes")); binary $(stat -c %s "$BINARY") bytes"
+  human=$(numfmt --to=si --suffix=B --format=%.1f "$bytes")
+  log "image size: $bytes bytes ($human); binary $(stat -c %s "$BINARY") bytes"
+  sed 's/\([0-9]\)\([kMG]\)/\1 \2/' <<<"$human" >"$ROOT/target/image-size" # "20.7 MB"
+  stated=$(sed -n 's/^Image size: \([0-9.]*\) MB.*/\1/p' README.md)
+  [ -n "$stated" ] || fail "README.md has no 'Image size: N MB' line"
+  awk -v stated="$stated" -v bytes="$bytes" 'BEGIN { d = stated * 1e6 / bytes; exit !(d > 0.9 && d < 1.1) }' ||
+    fail "README.md says the image is $stated MB, it is $human now: update the 'Image size:' line"
 }
 
 stage "image: tools" tools

@@ -43,6 +43,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        config.validate().map_err(StartupError)?;
         let build = BuildInfo::CURRENT;
         let metrics = Metrics::new(&build);
         let admin_token = config

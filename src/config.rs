@@ -67,8 +67,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
-    /// Longest a storage operation may take before the request gets a 503.
-    #[arg(long, env = "COMMENTS_STORAGE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    /// Longest a storage operation may take before the request gets a 503. Under 1 s by default,
+    /// so a database outage answers every request within a second.
+    #[arg(long, env = "COMMENTS_STORAGE_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
     pub storage_timeout: Duration,
 
     /// SQLite durability: full fsyncs every commit (survives power loss); normal fsyncs at
@@ -218,6 +219,20 @@ impl Config {
             database_url: database_url.into(),
             ..cli.config
         }
+    }
+
+    /// What clap cannot check alone: settings that must agree with each other.
+    pub fn validate(&self) -> Result<(), String> {
+        // The request timeout abandons a request without waiting for its storage call: if it came
+        // first, a write answered 503 could still commit (the storage timeout is the exact one).
+        if self.request_timeout <= self.storage_timeout {
+            return Err(format!(
+                "COMMENTS_REQUEST_TIMEOUT ({:?}) must be longer than COMMENTS_STORAGE_TIMEOUT ({:?}): \
+                 a write cut off by the request timeout could still be stored",
+                self.request_timeout, self.storage_timeout
+            ));
+        }
+        Ok(())
     }
 
     /// The database URL, from the file when one is given.

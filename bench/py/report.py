@@ -183,13 +183,21 @@ def main():
     w("  Method: `bench/py/startup.py` takes t0 just before fork+exec (pinned to the server CPU), then "
       "sends a raw `GET /readyz` every 1 ms until a `200` status line arrives.")
     if info.get("image_size"):
-        w(f"- Image size: {info['image_size']} (given in BENCH_IMAGE_SIZE).")
+        w(f"- Image size: {info['image_size']} (as `scripts/test-image.sh` measured it, or BENCH_IMAGE_SIZE).")
     else:
         size = int(re.search(r", (\d+) bytes", info["binary"]).group(1))
         w(f"- Image size: n/a here (no image is built by the benchmark). The image is `FROM scratch` with "
           f"only this binary and an empty `/data`, so about {size / 2**20:.1f} MiB uncompressed; "
           "`scripts/test-image.sh` prints the exact size (`image size:`), and "
           "`BENCH_IMAGE_SIZE=... bench/run.sh` puts it here.")
+    w("")
+    w("## Scrape cost")
+    w("")
+    w(f"- `GET /metrics` of comments (SQLite) after every load above and a spread of methods, routes "
+      f"and bad inputs: **{info['scrape_series']} series**, {int(info['scrape_bytes']) / 1024:.1f} KiB, "
+      f"answered in **{float(info['scrape_ms_p50']):.2f} ms** (median; p99 {float(info['scrape_ms_p99']):.2f} ms) "
+      f"over {info['scrape_count']} scrapes on one keep-alive connection (`bench/py/scrape.py`). "
+      "At a 15 s scrape interval that is well under 0.1% of a core.")
     w("")
 
     for scenario, title in SCENARIOS.items():

@@ -121,6 +121,7 @@ where
         let (span, trace) = request_span(request.headers(), method, route_label);
         if trace.exported {
             span.set_attribute("http.request.method", method);
+            span.set_attribute("url.scheme", "http");
             span.set_attribute("http.route", route_label.to_owned());
             span.set_attribute("url.path", request.uri().path().to_owned());
         }

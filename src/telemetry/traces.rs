@@ -259,3 +259,89 @@ impl opentelemetry_sdk::trace::SpanExporter for CountingExporter {
         self.inner.set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+    use super::*;
+
+    /// How many of `n` fresh root traces (or children of `parent`) `sampler` keeps.
+    fn kept(sampler: &Sampler, parent: Option<bool>, n: u128) -> u128 {
+        (1..=n)
+            .filter(|i| {
+                let trace_id = TraceId::from_bytes(
+                    (i * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835).to_be_bytes(),
+                );
+                let context = parent.map(|sampled| {
+                    let flags = if sampled {
+                        TraceFlags::SAMPLED
+                    } else {
+                        TraceFlags::default()
+                    };
+                    let remote = SpanContext::new(
+                        trace_id,
+                        SpanId::from_bytes([1; 8]),
+                        flags,
+                        true,
+                        TraceState::default(),
+                    );
+                    Context::new().with_remote_span_context(remote)
+                });
+                let result = sampler.should_sample(
+                    context.as_ref(),
+                    trace_id,
+                    "GET /",
+                    &SpanKind::Server,
+                    &[],
+                    &[],
+                );
+                result.decision == SamplingDecision::RecordAndSample
+            })
+            .count() as u128
+    }
+
+    #[test]
+    fn every_otel_traces_sampler_means_what_the_specification_says() {
+        let n = 2_000;
+        assert_eq!(kept(&sampler("always_on", None), None, n), n);
+        assert_eq!(kept(&sampler("always_off", None), None, n), 0);
+        let quarter = kept(&sampler("traceidratio", Some(0.25)), None, n);
+        assert!(
+            (400..=600).contains(&quarter),
+            "traceidratio 0.25 kept {quarter} of {n}"
+        );
+        assert_eq!(
+            kept(&sampler("traceidratio", None), None, n),
+            n,
+            "the ratio defaults to 1"
+        );
+
+        // Parent-based samplers follow a sampled or unsampled caller, whatever their root rule.
+        for name in [
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ] {
+            let sampler = sampler(name, Some(0.25));
+            assert_eq!(kept(&sampler, Some(true), n), n, "{name}, sampled parent");
+            assert_eq!(
+                kept(&sampler, Some(false), n),
+                0,
+                "{name}, unsampled parent"
+            );
+        }
+        assert_eq!(kept(&sampler("parentbased_always_on", None), None, n), n);
+        assert_eq!(kept(&sampler("parentbased_always_off", None), None, n), 0);
+        let roots = kept(&sampler("parentbased_traceidratio", Some(0.25)), None, n);
+        assert!(
+            (400..=600).contains(&roots),
+            "parentbased_traceidratio 0.25 kept {roots} roots of {n}"
+        );
+        // Unknown names fall back to the default, parentbased_always_on (config refuses them).
+        assert_eq!(kept(&sampler("nonsense", None), None, n), n);
+    }
+}

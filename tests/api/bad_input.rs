@@ -471,3 +471,40 @@ async fn a_body_slower_than_the_body_read_timeout_gets_a_json_408() {
     );
     app.stop().await;
 }
+
+/// The request timeout bounds a request whatever holds it up (here a body that never finishes,
+/// with the body read timeout set longer): a JSON 503 with Retry-After, and nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_request_timeout_gets_a_json_503_and_stores_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(Db::sqlite().await, |config| {
+        config.request_timeout = std::time::Duration::from_millis(1200);
+        config.body_read_timeout = std::time::Duration::from_secs(30);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = "POST /api/comment/new HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"email\":";
+    let started = std::time::Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(
+        answer.ends_with(
+            r#"{"status":"UNAVAILABLE","message":"the server did not answer within the request timeout"}"#
+        ),
+        "{answer}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(1100),
+        "answered after {took:?}"
+    );
+    let db = app.stop().await;
+    assert_eq!(count_comments(&db).await, 0);
+}

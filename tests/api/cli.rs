@@ -74,7 +74,7 @@ fn a_bad_value_stops_startup_with_one_line_naming_the_variable() {
 fn start_up_problems_are_one_clear_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().unwrap();
     let missing_token_file = dir.path().join("nope");
-    let cases: [(&str, String, &str); 4] = [
+    let cases: [(&str, String, &str); 5] = [
         (
             "COMMENTS_DATABASE_URL",
             "mysql://localhost/x".into(),
@@ -91,6 +91,12 @@ fn start_up_problems_are_one_clear_line_and_a_failure_exit() {
             "COMMENTS_ADMIN_TOKEN_FILE",
         ),
         ("COMMENTS_ADMIN_TOKEN", "   ".into(), "COMMENTS_ADMIN_TOKEN"),
+        // Shorter than the storage timeout (800 ms): refused, it could hide a stored write.
+        (
+            "COMMENTS_REQUEST_TIMEOUT",
+            "500ms".into(),
+            "COMMENTS_REQUEST_TIMEOUT",
+        ),
     ];
     for (variable, value, named) in cases {
         let db = format!("sqlite://{}/c.db", dir.path().display());

@@ -83,9 +83,65 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
-/// The outage: every request gets a 503 with Retry-After within ~1 s, readiness fails, liveness
-/// holds; after it, the same process recovers and keeps everything it acknowledged.
+/// What one client of the background traffic saw.
+#[derive(Default)]
+struct Seen {
+    acknowledged: Vec<String>,
+    unavailable: usize,
+    /// The slowest answer, 200 or 503.
+    slowest: Duration,
+    /// Anything but 200, 503 with Retry-After, or an answer within a second.
+    wrong: Vec<String>,
+}
+
+/// One client writing and reading until `stop`, from before the outage until after it.
+async fn traffic(
+    server_url: String,
+    client_id: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Seen {
+    let client = client();
+    let mut seen = Seen::default();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let text = format!("traffic-{client_id}-{n}");
+        let write = client
+            .post(format!("{server_url}/api/comment/new"))
+            .json(&json!({"email": "t@example.com", "comment": text, "content_id": "faults"}));
+        let read = client.get(format!("{server_url}/api/comment/list/faults"));
+        for (request, is_write) in [(write, true), (read, false)] {
+            let started = Instant::now();
+            let answered = request.send().await;
+            let took = started.elapsed();
+            seen.slowest = seen.slowest.max(took);
+            match answered {
+                Ok(r) if r.status() == 200 => {
+                    if is_write {
+                        seen.acknowledged.push(text.clone());
+                    }
+                }
+                Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                    seen.unavailable += 1
+                }
+                Ok(r) => seen.wrong.push(format!("{} after {took:?}", r.status())),
+                Err(err) => seen.wrong.push(format!("no answer after {took:?}: {err}")),
+            }
+            if took >= Duration::from_secs(1) {
+                seen.wrong.push(format!("an answer took {took:?}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
+/// The outage, with traffic running through it: every request gets a 200 or a 503 with
+/// Retry-After within 1 s, readiness fails, liveness holds; after it, the same process recovers
+/// by itself and keeps every comment it acknowledged, each exactly once.
 async fn a_postgres_outage_is_survived(hang: bool) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let db = Db::postgres().await;
     let mut proxy = Proxy::start(postgres_addr()).await;
     let server = Server::start(&[("COMMENTS_DATABASE_URL", &proxy.url(&db.url))]);
@@ -98,6 +154,11 @@ async fn a_postgres_outage_is_survived(hang: bool) {
         assert_eq!(post(&client, &server, &text).await.0, 200);
         acknowledged.push(text);
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|id| tokio::spawn(traffic(server.url(""), id, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     if hang {
         proxy.blackhole()
@@ -107,10 +168,7 @@ async fn a_postgres_outage_is_survived(hang: bool) {
     for n in 0..5 {
         let (status, took, retry_after) = post(&client, &server, &format!("during-{n}")).await;
         assert_eq!(status, 503, "write during the outage");
-        assert!(
-            took < Duration::from_millis(1500),
-            "a write waited {took:?}"
-        );
+        assert!(took < Duration::from_secs(1), "a write waited {took:?}");
         assert_eq!(retry_after.as_deref(), Some("1"));
         let started = Instant::now();
         let read = client
@@ -120,7 +178,7 @@ async fn a_postgres_outage_is_survived(hang: bool) {
             .unwrap();
         assert_eq!(read.status(), 503, "read during the outage");
         assert!(read.headers().contains_key("retry-after"));
-        assert!(started.elapsed() < Duration::from_millis(1500));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
     assert_eq!(status_of(&client, &server, "/readyz").await, 503);
     assert_eq!(status_of(&client, &server, "/livez").await, 200);
@@ -137,11 +195,42 @@ async fn a_postgres_outage_is_survived(hang: bool) {
         assert_eq!(post(&client, &server, &text).await.0, 200);
         acknowledged.push(text);
     }
-
-    let stored = stored_texts(&client, &server).await;
-    for text in &acknowledged {
-        assert!(stored.contains(text), "acknowledged {text:?} lost");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut unavailable = 0;
+    for handle in clients {
+        let seen = handle.await.unwrap();
+        assert!(
+            seen.wrong.is_empty(),
+            "background traffic saw: {:?}",
+            seen.wrong
+        );
+        assert!(
+            !seen.acknowledged.is_empty(),
+            "a client got nothing through"
+        );
+        unavailable += seen.unavailable;
+        acknowledged.extend(seen.acknowledged);
     }
+    assert!(
+        unavailable > 0,
+        "the background traffic never met the outage"
+    );
+
+    // Every acknowledged comment is there, and none twice. ("probe-after" is sent until one is
+    // acknowledged; one cut off in the COMMIT round trip may be stored too, so it is left out of
+    // the count.)
+    let mut stored = stored_texts(&client, &server).await;
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|t| !stored.contains(t))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
+    stored.retain(|text| text != "probe-after");
+    let count = stored.len();
+    stored.sort();
+    stored.dedup();
+    assert_eq!(stored.len(), count, "a comment stored twice");
     let mut server = server;
     server.signal(Signal::SIGTERM);
     assert_eq!(

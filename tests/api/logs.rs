@@ -151,3 +151,32 @@ async fn pretty_logs_are_for_humans() {
         "pretty output is not JSON: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_filters_the_lines() {
+    // Warnings everywhere, plus the lifecycle lines (the test finds the port in "serving").
+    let db = Db::sqlite().await;
+    let mut server = Server::start(&[
+        ("COMMENTS_DATABASE_URL", &db.url),
+        ("RUST_LOG", "warn,comments::app=info"),
+    ]);
+    let client = reqwest::Client::new();
+    server.wait_ready(&client).await;
+    for path in ["/health-check", "/api/comment/list/1", "/nowhere"] {
+        client.get(server.url(path)).send().await.unwrap();
+    }
+    server.signal(Signal::SIGTERM);
+    server.wait(Duration::from_secs(15)).expect("exits");
+    let lines = server.logs_after_exit();
+    assert!(
+        lines.iter().any(|l| l.contains(r#""message":"stopped""#)),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        let kept = matches!(entry["level"].as_str(), Some("WARN" | "ERROR"))
+            || entry["target"] == "comments::app";
+        assert!(kept, "RUST_LOG let through: {line}");
+        assert_ne!(entry["message"], "request", "{line}");
+    }
+}

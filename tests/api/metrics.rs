@@ -228,6 +228,32 @@ async fn metric_names_types_and_labels_are_the_contract() {
     assert_eq!(value(&samples, "http_requests_in_flight", &[]), 0.0);
     assert!(value(&samples, "process_resident_memory_bytes", &[]) > 0.0);
 
+    // The commit baked in at build time, the same in /version and build_info. scripts/test.sh
+    // builds with it set to the checkout's HEAD; a plain `cargo test` says "unknown".
+    let commit = option_env!("COMMENTS_GIT_COMMIT")
+        .filter(|c| !c.is_empty())
+        .unwrap_or("unknown");
+    let version: serde_json::Value =
+        serde_json::from_slice(&app.get("/version").await.body).unwrap();
+    assert_eq!(version["commit"], commit);
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        value(&samples, "comments_build_info", &[("commit", commit)]),
+        1.0
+    );
+    if commit != "unknown" {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", &format!("--short={}", commit.len()), "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&head.stdout).trim(),
+            commit,
+            "built from another commit"
+        );
+    }
+
     // /metrics is not on the public port.
     assert_eq!(app.get("/metrics").await.status, 404);
     app.stop().await;

@@ -100,6 +100,110 @@ async fn connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
     app.stop().await;
 }
 
+/// Sends one keep-alive request on `stream` and reads its whole answer (the headers say how long).
+async fn request_on(stream: &mut TcpStream, path: &str) -> String {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(read > 0, "closed before answering {path}");
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_idle_after_a_request_are_closed_at_the_header_timeout() {
+    let app = TestApp::spawn_with(Db::sqlite().await, |config| {
+        config.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    for _ in 0..3 {
+        assert!(
+            request_on(&mut stream, "/health-check")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+    }
+    // Then nothing: the connection may wait for its next request head only that long.
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(3)).await,
+        "the idle connection stayed open"
+    );
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(400),
+        "closed after only {idle:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_older_than_the_maximum_age_are_closed_after_their_current_request() {
+    let app = TestApp::spawn_with(Db::sqlite().await, |config| {
+        config.max_connection_age = Duration::from_millis(600);
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    let mut answered = 0;
+    // A busy client: a request every 50 ms, each answered in full, until the server closes.
+    loop {
+        let head = "GET /health-check HTTP/1.1\r\nHost: x\r\n\r\n";
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            break;
+        }
+        let mut buffer = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(read)) => {
+                let text = String::from_utf8_lossy(&buffer[..read]);
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                answered += 1;
+            }
+            Err(_) => panic!("no answer within 5 s"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the connection outlived its maximum age"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(550),
+        "closed after only {lived:?}"
+    );
+    assert!(
+        answered >= 5,
+        "only {answered} requests answered before the close"
+    );
+    // The client simply opens a new connection.
+    assert_eq!(app.get("/health-check").await.status, 200);
+    app.stop().await;
+}
+
 /// VmRSS of a process, in bytes.
 fn resident_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

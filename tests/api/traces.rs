@@ -204,6 +204,10 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector(protocol: &str
         Some("/api/comment/list/42")
     );
     assert_eq!(
+        string_attribute(&span.attributes, "url.scheme").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
         int_attribute(&span.attributes, "http.response.status_code"),
         Some(404),
         "{:?}",
