@@ -26,6 +26,7 @@ run "cargo clippy" cargo clippy --locked --all-targets --target "$TARGET" -- -D 
 # the features the dev-dependencies do not add.
 run "build (static release)" cargo test --locked --release --target "$TARGET" --no-run
 run "cargo test" cargo test --locked --release --target "$TARGET"
+run "cargo fuzz" scripts/test-fuzz.sh
 run "schemathesis" scripts/test-api-fuzz.sh
 run "monitoring (rules, dashboard, live Prometheus)" scripts/test-monitoring.sh
 run "chart and argocd" scripts/test-chart.sh

@@ -3,9 +3,6 @@ use std::process::ExitCode;
 use comments::config::{Cli, Command};
 use comments::{App, healthcheck, telemetry};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_or_exit();

@@ -68,6 +68,15 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// Parses JSON, telling syntax errors (400) from well-formed JSON of the wrong shape (422, with
 /// the path of the offending field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // JSON is UTF-8 (RFC 8259). serde_json checks the strings it keeps, but not those it skips
+    // (unknown fields): checked here, so no body with invalid UTF-8 anywhere is accepted (found by
+    // `cargo fuzz`, fuzz/).
+    if let Err(err) = std::str::from_utf8(bytes) {
+        return Err(ApiError::MalformedJson(format!(
+            "malformed JSON: the body is not valid UTF-8 (at byte {})",
+            err.valid_up_to()
+        )));
+    }
     // serde would read a struct from an array too; every body of this API is an object.
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b != b'{') {

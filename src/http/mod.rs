@@ -178,27 +178,12 @@ async fn method_not_allowed(method: Method) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
     use super::*;
-
-    /// A log sink for one test.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::test_support::SharedBuffer;
 
     async fn state() -> (AppState, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -232,10 +217,10 @@ mod tests {
 
     /// Every log line of this test binary. The subscriber is process-wide: a per-test (scoped)
     /// one races with other tests over tracing's cached callsite interest.
-    fn captured_logs() -> &'static Captured {
-        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    fn captured_logs() -> &'static SharedBuffer {
+        static LOGS: std::sync::OnceLock<SharedBuffer> = std::sync::OnceLock::new();
         LOGS.get_or_init(|| {
-            let logs = Captured::default();
+            let logs = SharedBuffer::default();
             let writer = logs.clone();
             use tracing_subscriber::layer::SubscriberExt;
             use tracing_subscriber::util::SubscriberInitExt;
@@ -275,7 +260,7 @@ mod tests {
             br#"{"status":"ERROR","message":"internal error"}"#
         );
         assert_eq!(metrics.http_panics.get(), 1);
-        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let logged = logs.text();
         let line = logged
             .lines()
             .find(|l| l.contains("handler panicked"))

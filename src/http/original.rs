@@ -35,6 +35,13 @@ pub struct OriginalNewComment {
     content_id: ContentId,
 }
 
+impl OriginalNewComment {
+    /// The comment this body asks for, or the first field that is wrong.
+    pub fn validate(self) -> Result<NewComment, crate::domain::Invalid> {
+        NewComment::parse(self.content_id, self.email, self.comment)
+    }
+}
+
 /// `{"status":"SUCCESS","message":"..."}`
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"status": "SUCCESS", "message": "comment created and associated with content_id 1"}))]
@@ -68,7 +75,7 @@ async fn create_comment(
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody<OriginalNewComment>,
 ) -> Result<Response, ApiError> {
-    let new = NewComment::parse(body.content_id, body.email, body.comment)?;
+    let new = body.validate()?;
     let created = state.store.create(new, key).await?;
     let message = format!(
         "comment created and associated with content_id {}",

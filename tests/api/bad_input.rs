@@ -102,6 +102,13 @@ fn cases() -> Vec<Case> {
             "malformed JSON",
         ),
         post(
+            "invalid UTF-8 in a field the API ignores",
+            b"{\"email\":\"a@b.co\",\"comment\":\"x\",\"content_id\":1,\"extra\":\"\xe1b\"}"
+                .to_vec(),
+            400,
+            "not valid UTF-8",
+        ),
+        post(
             "binary garbage",
             vec![0u8, 159, 146, 150, 255, 0, 1],
             400,
