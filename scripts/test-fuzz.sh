@@ -54,6 +54,7 @@ run() {
   status=$?
   grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ *DONE)' "$out" >&2
   if [ $status -ne 0 ]; then
+    grep -A2 'panicked at' "$out" >&2
     tail -n 40 "$out" >&2
     log "the fuzzer found a failing input (above; saved under fuzz/artifacts/$TARGET)"
   fi

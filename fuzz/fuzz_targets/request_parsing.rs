@@ -49,8 +49,15 @@ fn create_body(input: &[u8]) {
         }
     };
     let Ok(new) = parsed.validate() else { return };
-    // What is stored is what the client sent: the same strings serde_json reads from the body.
-    let value: serde_json::Value = serde_json::from_slice(input).expect("accepted, so JSON");
-    assert_eq!(Some(new.comment.as_str()), value["comment"].as_str());
-    assert_eq!(Some(new.email.as_str()), value["email"].as_str());
+    // What is stored is what the client sent: validation keeps the strings the body holds. (Read
+    // back as just these two: the rest of an accepted body may hold what serde_json's `Value`
+    // refuses, such as 1e400 in a field the API ignores, which is valid JSON.)
+    #[derive(serde::Deserialize)]
+    struct Sent {
+        email: String,
+        comment: String,
+    }
+    let sent: Sent = serde_json::from_slice(input).expect("accepted, so these are strings");
+    assert_eq!(new.comment.as_str(), sent.comment);
+    assert_eq!(new.email.as_str(), sent.email);
 }
