@@ -47,8 +47,10 @@ const ROWS_PER_INSERT: usize = 64;
 /// 1000). A checkpoint writes each changed page once however often it changed, and new comments
 /// on many items change many index pages: at 1000 the bench's POSTs (1000 items) cost 7.7
 /// syscalls each, at 16000 6.5 (`perf stat`: a pread and a pwrite per copied page, so about 0.6
-/// fewer page copies per comment), for about +15% POST req/s and a third lower POST p99. The
-/// price: the WAL file grows to about 64 MiB (4 KiB pages) and stays that size, reused.
+/// fewer page copies per comment): +35-45% POST req/s once the database has grown. The price:
+/// rarer but longer stalls, so under a saturating write flood (64 clients, nothing else) p99 is
+/// worse (15-17 -> 26-28 ms; with 8 clients 8.2 -> 8.8 ms), and the WAL file grows to about
+/// 64 MiB (4 KiB pages) and stays that size, reused. See bench/README.md.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 
 /// SQLite `synchronous` for the write connection: the durability/speed trade-off.
