@@ -45,12 +45,12 @@ const ROWS_PER_INSERT: usize = 64;
 
 /// The WAL is copied back into the database once it holds this many pages (SQLite's default is
 /// 1000). A checkpoint writes each changed page once however often it changed, and new comments
-/// on many items change many index pages: at 1000 the bench's POSTs (1000 items) cost 7.7
-/// syscalls each, at 16000 6.5 (`perf stat`: a pread and a pwrite per copied page, so about 0.6
-/// fewer page copies per comment): +35-45% POST req/s once the database has grown. The price:
-/// rarer but longer stalls, so under a saturating write flood (64 clients, nothing else) p99 is
-/// worse (15-17 -> 26-28 ms; with 8 clients 8.2 -> 8.8 ms), and the WAL file grows to about
-/// 64 MiB (4 KiB pages) and stays that size, reused. See bench/README.md.
+/// on many items change many index pages: at 1000 the bench's POSTs (1000 items) cost 7.5-8.0
+/// syscalls each, at 16000 6.4-6.5 (`perf stat`; a copied page is a pread and a pwrite, so
+/// roughly 0.6 fewer copies per comment): +19-45% POST req/s once the database has grown. The
+/// price: rarer but longer stalls, so under a saturating write flood (64 clients, nothing else)
+/// p99 is worse (15-17 -> 26-30 ms; with 8 clients 8.2 -> 8.8 ms), and the WAL file grows to
+/// about 64 MiB (4 KiB pages) and stays that size, reused. See bench/README.md.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 
 /// SQLite `synchronous` for the write connection: the durability/speed trade-off.
@@ -304,23 +304,16 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<WriteOp>, cac
         };
         // The common batch, a few plain creates, is one INSERT: a statement is a transaction of
         // its own, so BEGIN and COMMIT would only be two more round trips to sqlx's thread.
-        if batch.len() <= ROWS_PER_INSERT {
-            let plain: Option<Vec<&NewComment>> = batch.iter().map(plain_create).collect();
-            if let Some(plain) = plain {
-                return Ok(created(insert_comments(&mut *conn, &plain).await?).collect());
-            }
+        let first_insert = leading_plain_creates(batch);
+        if first_insert.len() == batch.len() {
+            return Ok(created(insert_comments(&mut *conn, &first_insert).await?).collect());
         }
         let mut tx = conn.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
         while results.len() < batch.len() {
-            let pending = &batch[results.len()..];
-            let plain: Vec<&NewComment> = pending
-                .iter()
-                .map_while(plain_create)
-                .take(ROWS_PER_INSERT)
-                .collect();
+            let plain = leading_plain_creates(&batch[results.len()..]);
             if plain.is_empty() {
-                results.push(apply(&mut tx, &pending[0]).await?);
+                results.push(apply(&mut tx, &batch[results.len()]).await?);
             } else {
                 results.extend(created(insert_comments(&mut tx, &plain).await?));
             }
@@ -392,6 +385,14 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Applied, Sto
     })
 }
 
+/// The plain creates at the front of `ops`, as many as one INSERT takes.
+fn leading_plain_creates(ops: &[WriteOp]) -> Vec<&NewComment> {
+    ops.iter()
+        .map_while(plain_create)
+        .take(ROWS_PER_INSERT)
+        .collect()
+}
+
 /// A create that needs no idempotency bookkeeping: it can share an INSERT with its neighbours.
 fn plain_create(op: &WriteOp) -> Option<&NewComment> {
     match op {
@@ -430,7 +431,6 @@ async fn insert_comments(
     // the last id names them all, without RETURNING sending each row back across sqlx's thread
     // (a wake-up per row).
     let done = insert.execute(&mut *conn).await?;
-    let count = i64::try_from(news.len()).unwrap_or(i64::MAX);
     if done.rows_affected() != news.len() as u64 {
         return Err(StoreError::Unavailable(format!(
             "INSERT of {} comments stored {}",
@@ -438,7 +438,8 @@ async fn insert_comments(
             done.rows_affected()
         )));
     }
-    let first = done.last_insert_rowid() - count + 1;
+    // At most ROWS_PER_INSERT rows, so the count fits any integer type.
+    let first = done.last_insert_rowid() - news.len() as i64 + 1;
     Ok((first..)
         .zip(news)
         .map(|(id, new)| Comment {
