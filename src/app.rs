@@ -31,7 +31,7 @@ pub struct StartupError(String);
 pub struct App {
     api_listener: TcpListener,
     metrics_listener: TcpListener,
-    router: Router,
+    router: http::ApiService,
     metrics_router: Router,
     store: SharedStore,
     lifecycle: Lifecycle,

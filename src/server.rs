@@ -2,13 +2,14 @@
 //! needs and axum does not expose: a cap on open connections, a deadline for a request's head
 //! (slow clients, idle keep-alive), a maximum connection age, and a graceful drain.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -16,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// Connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -36,12 +37,16 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Serves `router` on `listener` until `stop` resolves, then stops accepting and returns a
 /// future that resolves when every open connection has finished its in-flight request.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
-) -> impl Future<Output = ()> {
+) -> impl Future<Output = ()>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let connections = TaskTracker::new();
     let draining = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));

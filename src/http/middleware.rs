@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
@@ -260,7 +260,9 @@ fn request_span(headers: &HeaderMap, method: &'static str, route: &str) -> (Span
 
 /// The trace id of a valid `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 fn caller_trace_id(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
+    // A `HeaderName` constant, not a `&str`: a string key is parsed and lower-cased per lookup.
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    let value = headers.get(TRACEPARENT)?.to_str().ok()?;
     let mut parts = value.split('-');
     let (_version, trace_id) = (parts.next()?, parts.next()?);
     let hex = |s: &str| {

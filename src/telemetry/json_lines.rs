@@ -246,7 +246,11 @@ impl Visit for Members<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         if self.key(field) {
             if value.is_finite() {
-                let _ = write!(self.line, "{value}");
+                // zmij and itoa (below), not `write!`: the core::fmt machinery was a fifth of
+                // the access line's instructions (callgrind), for three numbers.
+                let mut digits = zmij::Buffer::new();
+                self.line
+                    .extend_from_slice(digits.format_finite(value).as_bytes());
             } else {
                 self.line.extend_from_slice(b"null");
             }
@@ -255,13 +259,15 @@ impl Visit for Members<'_> {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.key(field) {
-            let _ = write!(self.line, "{value}");
+            self.line
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.key(field) {
-            let _ = write!(self.line, "{value}");
+            self.line
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         }
     }
 
@@ -322,7 +328,14 @@ fn push_timestamp(out: &mut Vec<u8>, second: &mut Second, now: SystemTime) {
         );
     }
     out.extend_from_slice(second.text.as_bytes());
-    let _ = write!(out, ".{:06}Z", since_epoch.subsec_micros());
+    // `.{:06}Z` by hand: this runs for every line, and core::fmt's padding path is slow.
+    let mut fraction = *b".000000Z";
+    let mut micros = since_epoch.subsec_micros();
+    for digit in fraction[1..7].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.extend_from_slice(&fraction);
 }
 
 /// (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -463,6 +476,30 @@ mod tests {
         assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(lines[0].get("span_id").is_none(), "{}", lines[0]);
         assert!(lines[1].get("request_id").is_none(), "{}", lines[1]);
+    }
+
+    #[test]
+    fn numbers_come_out_as_json_numbers_that_read_back_exactly() {
+        let floats = [
+            0.0,
+            -0.0,
+            0.1 + 0.2,
+            1e-7,
+            123_456.789,
+            1e300,
+            -2.5e-300,
+            f64::MAX,
+        ];
+        for value in floats {
+            let lines = logged(|| tracing::info!(value, "float"));
+            assert_eq!(lines[0]["value"].as_f64(), Some(value), "{}", lines[0]);
+        }
+        let lines = logged(|| tracing::info!(value = f64::NAN, "nan"));
+        assert!(lines[0]["value"].is_null(), "{}", lines[0]);
+        let lines = logged(|| tracing::info!(big = u64::MAX, small = i64::MIN, zero = 0u8, "ints"));
+        assert_eq!(lines[0]["big"].as_u64(), Some(u64::MAX));
+        assert_eq!(lines[0]["small"].as_i64(), Some(i64::MIN));
+        assert_eq!(lines[0]["zero"].as_u64(), Some(0));
     }
 
     #[test]
