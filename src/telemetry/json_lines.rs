@@ -286,10 +286,13 @@ fn is_instruction(name: &str) -> bool {
 /// `value` as a JSON string, quoted and escaped. Most values (names, ids, routes) need no
 /// escaping and are copied as they are; the others go through serde_json.
 fn push_str(line: &mut Vec<u8>, value: &str) {
-    let plain = value
-        .bytes()
-        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\');
-    if plain {
+    // A fold without early exit, which the compiler turns into a vector loop: a line has about
+    // ten strings, and the byte-at-a-time check was a twentieth of a cached GET (callgrind).
+    let escapes = value.bytes().fold(false, |escapes, byte| {
+        escapes | (byte < 0x20) | (byte == b'"') | (byte == b'\\')
+    });
+    if !escapes {
+        line.reserve(value.len() + 2);
         line.push(b'"');
         line.extend_from_slice(value.as_bytes());
         line.push(b'"');
@@ -424,6 +427,25 @@ mod tests {
         assert_eq!(lines[0]["message"], hostile);
         assert_eq!(lines[0]["debug"], format!("{hostile:?}"));
         assert!(lines[1]["nan"].is_null() && lines[1]["inf"].is_null());
+    }
+
+    /// The escape check runs in wide chunks: one character that needs escaping is found at any
+    /// place, in the chunked part and in the tail.
+    #[test]
+    fn one_character_to_escape_is_found_anywhere_in_a_string() {
+        for len in 1..100 {
+            for at in 0..len {
+                for special in ['"', '\\', '\n', '\u{1f}'] {
+                    let mut text: String = "a".repeat(len);
+                    text.replace_range(at..=at, &special.to_string());
+                    let mut out = Vec::new();
+                    push_str(&mut out, &text);
+                    let back: String = serde_json::from_slice(&out)
+                        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+                    assert_eq!(back, text);
+                }
+            }
+        }
     }
 
     #[test]
