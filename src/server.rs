@@ -35,11 +35,12 @@ pub struct ConnectionLimits {
 /// A request head larger than this is refused (431) before any handler runs.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Serves `router` on `listener` until `stop` resolves, then stops accepting and returns a
-/// future that resolves when every open connection has finished its in-flight request.
+/// Serves `service` (the API, or the metrics router) on `listener` until `stop` resolves, then
+/// stops accepting and returns a future that resolves when every open connection has finished
+/// its in-flight request.
 pub async fn serve<S>(
     listener: TcpListener,
-    router: S,
+    service: S,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) -> impl Future<Output = ()>
@@ -78,7 +79,7 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone().map_request(
+        let service = TowerToHyperService::new(service.clone().map_request(
             move |request: hyper::Request<Incoming>| {
                 let mut request = request.map(Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));

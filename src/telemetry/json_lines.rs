@@ -286,8 +286,9 @@ fn is_instruction(name: &str) -> bool {
 /// `value` as a JSON string, quoted and escaped. Most values (names, ids, routes) need no
 /// escaping and are copied as they are; the others go through serde_json.
 fn push_str(line: &mut Vec<u8>, value: &str) {
-    // A fold without early exit, which the compiler turns into a vector loop: a line has about
-    // ten strings, and the byte-at-a-time check was a twentieth of a cached GET (callgrind).
+    // A fold without early exit, which the compiler turns into a vector loop (SSE compares in
+    // the release build): an access line has about eleven strings, and with the byte-at-a-time
+    // `all` this function was 2.1k of a cached GET's 35k instructions, now 1.75k (callgrind).
     let escapes = value.bytes().fold(false, |escapes, byte| {
         escapes | (byte < 0x20) | (byte == b'"') | (byte == b'\\')
     });
