@@ -98,6 +98,7 @@ impl App {
             }),
         };
         let rate_limits = limits.write_rate_limit.clone();
+        let peer_address = rate_limits.is_some();
         Ok(Self {
             api_listener,
             metrics_listener,
@@ -110,6 +111,7 @@ impl App {
                 max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
                 header_read_timeout: config.header_read_timeout,
                 max_connection_age: config.max_connection_age,
+                peer_address,
             },
             shutdown_delay: config.shutdown_delay,
             shutdown_timeout: config.shutdown_timeout,

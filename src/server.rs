@@ -30,6 +30,10 @@ pub struct ConnectionLimits {
     /// After this long a connection is closed once its current request is answered, so
     /// long-lived keep-alive clients spread over new replicas.
     pub max_connection_age: Duration,
+    /// Whether each request carries the peer's address (`ConnectInfo`), which only the write
+    /// rate limiter reads. Off otherwise: the extension's insert and drop were about 450 of a
+    /// cached GET's 35k instructions (callgrind).
+    pub peer_address: bool,
 }
 
 /// A request head larger than this is refused (431) before any handler runs.
@@ -79,10 +83,13 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let peer = limits.peer_address.then_some(ConnectInfo(peer));
         let service = TowerToHyperService::new(service.clone().map_request(
             move |request: hyper::Request<Incoming>| {
                 let mut request = request.map(Body::new);
-                request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(peer) = peer {
+                    request.extensions_mut().insert(peer);
+                }
                 request
             },
         ));

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::DefaultBodyLimit;
+use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +25,6 @@ use tower::util::BoxCloneSyncService;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::DeadlineBody;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::BuildInfo;
@@ -140,22 +138,9 @@ pub fn with_shared_layers(routes: Router<AppState>, state: AppState, limits: Lim
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
-        .map_request(body_deadline(limits.body_read_timeout))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer_fn(|routes| middleware::BodyLimits::new(routes, max_body, limits.body_read_timeout))
         .service(routes);
     ApiService::new(shared)
-}
-
-/// Bounds the time a request's body may take to arrive (then reading it fails, and the handler
-/// answers 408). Only requests that have a body get the timer: most are GETs.
-fn body_deadline(limit: Duration) -> impl Fn(Request<Body>) -> Request<Body> + Clone {
-    move |request: Request<Body>| {
-        if request.body().is_end_stream() {
-            request
-        } else {
-            request.map(|body| Body::new(DeadlineBody::new(limit, body)))
-        }
-    }
 }
 
 /// The metrics router, for the second listener: `/metrics` in the Prometheus text format.
