@@ -24,9 +24,9 @@ case "${1:-}" in
   *) die "usage: bench/run.sh [--quick]" ;;
 esac
 if [ $MODE = quick ]; then
-  WARMUP_S=1 DURATION_S=2 ROUNDS=1 STARTS=3 SCRAPES=50 RESULTS=bench/RESULTS.quick.md
+  WARMUP_S=1 DURATION_S=2 ROUNDS=1 STARTS=3 SCRAPES=50 FSYNC_S=2 RESULTS=bench/RESULTS.quick.md
 else
-  WARMUP_S=2 DURATION_S=5 ROUNDS=3 STARTS=7 SCRAPES=500 RESULTS=bench/RESULTS.md
+  WARMUP_S=2 DURATION_S=5 ROUNDS=3 STARTS=7 SCRAPES=500 FSYNC_S=5 RESULTS=bench/RESULTS.md
 fi
 CONNECTIONS=64
 SERVER_CPU=0 # every server (and what it forks) runs on this core...
@@ -129,6 +129,13 @@ build() {
 startup() {
   python3 bench/py/startup.py "$WORK/comments" "$WORK" "$STARTS" "$SERVER_CPU" >"$WORK/startup.txt"
   cat "$WORK/startup.txt" >&2
+}
+
+# The disk under the SQLite file, alone (before any server runs): the floor of a durable write.
+disk() {
+  taskset -c $SERVER_CPU python3 bench/py/fsync.py "$WORK" "$FSYNC_S" >"$WORK/fsync.txt" \
+    || die "probing the disk's fsync failed"
+  cat "$WORK/fsync.txt" >&2
 }
 
 # start_comments NAME DATABASE_URL : comments with default settings (metrics and request logs on,
@@ -337,6 +344,7 @@ report() {
     echo "clk_tck=$(getconf CLK_TCK)"
     echo "image_size=${BENCH_IMAGE_SIZE:-$(cat target/image-size 2>/dev/null || true)}"
     cat "$WORK/startup.txt"
+    cat "$WORK/fsync.txt"
     cat "$WORK/scrape.txt"
   } >"$WORK/run.info"
   python3 bench/py/report.py "$WORK" "$RESULTS"
@@ -347,6 +355,7 @@ LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 stage "bench: tools" tools
 stage "bench: build" build
 stage "bench: start-up time" startup
+stage "bench: disk fsync" disk
 stage "bench: start servers" start_servers
 stage "bench: seed and check" seed_and_check
 for scenario in "${SCENARIOS[@]}"; do

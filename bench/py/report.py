@@ -172,8 +172,18 @@ def main():
         w(f"For the p99 targets: the bare baseline's own p99 in the same rounds is {base[0]['p99']:.2f} ms "
           f"(GET list) and {base[1]['p99']:.2f} ms (POST). With 64 connections a server's latency is about "
           "64 / its req/s plus whatever else runs on its core, so when the baseline is above 5 ms the machine, "
-          "not comments, sets the floor of that run.")
+          "not comments, sets the floor of that run. wrk corrects its percentiles for coordinated omission "
+          "(a response S ms late also counts the requests the connection would have sent meanwhile, about "
+          "S / (64 / req/s) of them), so p99 is roughly the share of the run the server was stalled.")
         w("")
+    w(f"The disk under the SQLite file, probed alone before the servers start (`bench/py/fsync.py`: "
+      f"{info['fsync_seconds']} s of 40-frame WAL-sized appends, each followed by fdatasync, "
+      f"{info['fsync_count']} syncs): median **{float(info['fsync_ms_p50']):.2f} ms**, p99 "
+      f"{float(info['fsync_ms_p99']):.2f} ms, longest **{info['fsync_ms_max']} ms**; "
+      f"**{info['fsync_stalled_pct']}%** of the probe's time went to syncs longer than 5 ms. A POST is "
+      "acknowledged only after its batch's fsync, so while the disk stalls every write waits; with the "
+      "correction above, a write p99 under 5 ms needs that share well under 1%.")
+    w("")
 
     w("## Start-up and image")
     w("")
