@@ -4,7 +4,9 @@
 //! behind a cache of recently read items that the writer keeps current ([`super::list_cache`]).
 //! Writes go through one writer task that owns the only write connection and commits whatever
 //! writes have queued up as one transaction: one fsync acknowledges a whole batch (group commit).
-//! A request's write is answered only after the batch holding it has committed.
+//! A request's write is answered only after the batch holding it has committed. A checkpointer
+//! beside it copies the WAL back into the database file, so that no batch waits for that
+//! ([`checkpointer`]).
 //!
 //! Timeouts keep that exact: a write that waits in the queue past its deadline is dropped
 //! unapplied and answered with a timeout, but once a batch has taken it the request waits for the
@@ -23,6 +25,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, FromRow, SqliteExecutor};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+
+mod checkpointer;
+
+use checkpointer::Checkpointer;
 
 use super::list_cache::{ListCache, MAX_COMMENTS_PER_ITEM};
 use super::{
@@ -43,15 +49,14 @@ const QUEUE_DEPTH: usize = 4096;
 /// statement per comment cost two thread switches per write: a third of a POST's CPU (perf).
 const ROWS_PER_INSERT: usize = 64;
 
-/// The WAL is copied back into the database once it holds this many pages (SQLite's default is
-/// 1000). A checkpoint writes each changed page once however often it changed, and new comments
-/// on many items change many index pages: at 1000 the bench's POSTs (1000 items) cost 7.5-8.0
-/// syscalls each, at 16000 6.4-6.5 (`perf stat`; a copied page is a pread and a pwrite, so
-/// roughly 0.6 fewer copies per comment): +19-45% POST req/s once the database has grown. The
-/// price: rarer but longer stalls, so under a saturating write flood (64 clients, nothing else)
-/// p99 is worse (15-17 -> 26-30 ms; with 8 clients 8.2 -> 8.8 ms), and the WAL file grows to
-/// about 64 MiB (4 KiB pages) and stays that size, reused. See bench/README.md.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
+/// SQLite's own autocheckpoint, left on for the writer only as a backstop: the checkpointer
+/// ([`checkpointer`]) keeps the WAL near [`checkpointer::RESET_AT_FRAMES`], so this fires only if
+/// it stops doing so (its passes failing). Why the checkpoints are rare and large at all: a
+/// checkpoint writes each changed page once however often it changed, and new comments on many
+/// items change many index pages: with SQLite's default of 1000 pages the bench's POSTs (1000
+/// items) cost 7.5-8.0 syscalls each, with 16000 6.4-6.5 (`perf stat`): +19-45% POST req/s once
+/// the database has grown. See bench/README.md.
+const WAL_BACKSTOP_PAGES: i64 = 4 * checkpointer::RESET_AT_FRAMES;
 
 /// SQLite `synchronous` for the write connection: the durability/speed trade-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,13 +121,17 @@ impl SqliteStore {
             // Another process holding the lock (a backup, a sqlite3 shell) fails a batch after
             // this long instead of stalling every write behind it.
             .busy_timeout(options.timeout)
-            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
+            .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string());
         if let Some(dir) = connect.get_filename().parent() {
             create_dir(dir)?;
         }
 
         let mut writer = SqliteConnection::connect_with(&connect).await?;
         sqlx::migrate!("migrations/sqlite").run(&mut writer).await?;
+        let checkpointer = Checkpointer::spawn(
+            SqliteConnection::connect_with(&connect).await?,
+            checkpointer::RESET_AT_FRAMES,
+        );
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
@@ -132,7 +141,7 @@ impl SqliteStore {
 
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         let cache = Arc::new(ListCache::default());
-        tokio::spawn(run_writer(writer, receiver, cache.clone()));
+        tokio::spawn(run_writer(writer, receiver, cache.clone(), checkpointer));
         Ok(Self {
             readers,
             writer: sender,
@@ -260,10 +269,12 @@ async fn run_writer(
     mut conn: SqliteConnection,
     mut queue: mpsc::Receiver<Queued>,
     cache: Arc<ListCache>,
+    checkpointer: Checkpointer,
 ) {
     let mut taken = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut taken, MAX_BATCH).await > 0 {
+        top_up(&mut queue, &mut taken).await;
         let now = Instant::now();
         let mut close = None;
         for Queued { op, deadline } in taken.drain(..) {
@@ -277,6 +288,15 @@ async fn run_writer(
         }
         if !batch.is_empty() {
             commit_batch(&mut conn, &mut batch, &cache).await;
+            checkpointer.committed();
+        }
+        if checkpointer.finish_due() {
+            // Between batches, with every write answered: the checkpointer has copied back all
+            // but what was committed during its pass, so this copies a few batches' pages, and
+            // with nothing committed meanwhile the next write can restart the WAL.
+            if let Err(err) = checkpointer::checkpoint(&mut conn).await {
+                tracing::warn!(error = %err, "WAL checkpoint by the writer failed");
+            }
         }
         if let Some(WriteOp::Close { done }) = close {
             queue.close();
@@ -284,9 +304,28 @@ async fn run_writer(
             while let Some(queued) = queue.recv().await {
                 fail(queued.op, closed());
             }
+            checkpointer.stop().await;
             let _ = conn.close().await;
             let _ = done.send(());
             return;
+        }
+    }
+}
+
+/// Lets the handlers that are already runnable queue their writes before the batch is taken.
+/// The writer wakes for the first write; on a busy core the requests behind it are parsed but not
+/// yet queued, so without this each commit took one or two rows (the bench's 90/10 mix), and a
+/// commit's fsync costs the writer's thread ~60 µs of CPU whatever its size. A yield costs
+/// nothing when nothing else is runnable.
+async fn top_up(queue: &mut mpsc::Receiver<Queued>, taken: &mut Vec<Queued>) {
+    if taken.len() >= MAX_BATCH {
+        return;
+    }
+    tokio::task::yield_now().await;
+    while taken.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(queued) => taken.push(queued),
+            Err(_) => break,
         }
     }
 }
@@ -596,6 +635,37 @@ impl Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checkpointer is wired in: with SQLite's own autocheckpoint far off (the backstop),
+    /// comments reach the database file itself, not only the WAL, shortly after they commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_are_copied_back_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("c.db");
+        let store = SqliteStore::open(&StoreOptions {
+            url: format!("sqlite://{}", database.display()),
+            max_connections: 1,
+            timeout: Duration::from_secs(5),
+            sqlite_synchronous: Synchronous::Full,
+        })
+        .await
+        .unwrap();
+        let migrated = std::fs::metadata(&database).unwrap().len();
+        for n in 0..50 {
+            let item = ContentId::parse(&format!("item-{n}")).unwrap();
+            let new = NewComment::parse(item, "t@example.com".into(), "x".repeat(3000)).unwrap();
+            store.create(new, None).await.unwrap();
+        }
+        let copied_back = async {
+            while std::fs::metadata(&database).unwrap().len() < migrated + 50 * 3000 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), copied_back)
+            .await
+            .expect("the comments never reached the database file");
+        store.close().await;
+    }
 
     /// Batches of plain creates are one INSERT whose ids are derived from the last one: every
     /// id handed back must name the comment it was handed back for, also when creates with an

@@ -1,0 +1,231 @@
+//! Copies the WAL back into the database file beside the writer, so that no write waits for a
+//! whole checkpoint.
+//!
+//! SQLite's own autocheckpoint runs inside the COMMIT that crosses its threshold: that batch, and
+//! every write queued behind it, waited for the copy and the fsync of the database file (10-15 ms
+//! once every ~250 batches under the bench's POST flood, and those stalls set its p99). Here a
+//! connection of its own copies the WAL back with PASSIVE checkpoints, which never block the
+//! writer, at most every [`CHECKPOINT_EVERY`] while writes come.
+//!
+//! A passive checkpoint alone cannot let the WAL start over while the writer keeps appending to
+//! it (SQLite restarts the WAL only when a write begins with every frame copied back), and the
+//! WAL would grow without end. So once a pass finds [`RESET_AT_FRAMES`] in the WAL, it asks the
+//! writer to finish: right after answering its next batch, the writer checkpoints the frames that
+//! were committed during that pass (a few batches' worth, not the whole WAL), and its next write
+//! starts the WAL from the beginning.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often, at most, the WAL is copied back while writes keep coming. Rarer passes copy a page
+/// that changed many times once (the bench's 1000 items change the same index pages over and
+/// over); more frequent ones leave less for the writer's finishing step.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// The WAL size (in 4 KiB frames: 64 MiB) at which the writer is asked to finish a checkpoint so
+/// that the WAL starts over. Each finishing step costs the writer a few milliseconds (its fsyncs
+/// of both files); at the bench's POST flood this one comes about every 0.7 s (48000 measured no
+/// better and keeps a WAL three times the size).
+pub const RESET_AT_FRAMES: i64 = 16_000;
+
+/// The writer's handle on the checkpointer task.
+pub struct Checkpointer {
+    commits: watch::Sender<()>,
+    finish_due: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts the task on `conn`, a read-write connection of its own; the writer is asked to
+    /// finish once the WAL holds `reset_at_frames` ([`RESET_AT_FRAMES`] but in tests).
+    pub fn spawn(conn: SqliteConnection, reset_at_frames: i64) -> Self {
+        let (commits, committed) = watch::channel(());
+        let finish_due = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(copy_back(
+            conn,
+            committed,
+            finish_due.clone(),
+            reset_at_frames,
+        ));
+        Self {
+            commits,
+            finish_due,
+            task,
+        }
+    }
+
+    /// Tells the checkpointer the WAL has grown.
+    pub fn committed(&self) {
+        self.commits.send_replace(());
+    }
+
+    /// Whether the writer should checkpoint now, so that its next write restarts the WAL. True
+    /// once per request of the checkpointer.
+    pub fn finish_due(&self) -> bool {
+        self.finish_due.swap(false, Ordering::Relaxed)
+    }
+
+    /// Stops the task and closes its connection (before the writer closes its own, which must be
+    /// the last: the last connection to close checkpoints everything and removes the WAL).
+    pub async fn stop(self) {
+        drop(self.commits);
+        let _ = self.task.await;
+    }
+}
+
+async fn copy_back(
+    mut conn: SqliteConnection,
+    mut committed: watch::Receiver<()>,
+    finish_due: Arc<AtomicBool>,
+    reset_at_frames: i64,
+) {
+    while committed.changed().await.is_ok() {
+        match checkpoint(&mut conn).await {
+            Ok(pass) if pass.copied_any() && pass.wal_frames >= reset_at_frames => {
+                finish_due.store(true, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "WAL checkpoint failed; retrying after the next write");
+            }
+        }
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+    }
+    let _ = conn.close().await;
+}
+
+/// What one `PRAGMA wal_checkpoint(PASSIVE)` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Another checkpoint held the lock, so this one did nothing.
+    pub busy: bool,
+    /// Frames in the WAL.
+    pub wal_frames: i64,
+    /// Of those, frames now copied back into the database file.
+    pub copied_frames: i64,
+}
+
+impl Pass {
+    /// Whether the pass ran and left the writer only what came after it (or what a reader's
+    /// snapshot still holds) to copy.
+    fn copied_any(self) -> bool {
+        !self.busy && self.copied_frames > 0
+    }
+}
+
+/// Copies back what the WAL holds, without waiting for the writer or readers: frames committed
+/// meanwhile, or still needed by a reader's snapshot, stay for the next pass.
+pub async fn checkpoint(conn: &mut SqliteConnection) -> Result<Pass, sqlx::Error> {
+    let (busy, wal_frames, copied_frames): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Pass {
+        busy: busy != 0,
+        wal_frames,
+        copied_frames,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::str::FromStr;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+
+    use super::*;
+
+    async fn connect(path: &Path) -> SqliteConnection {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Only the checkpointer and the finishing step copy the WAL back.
+            .pragma("wal_autocheckpoint", "0");
+        SqliteConnection::connect_with(&options).await.unwrap()
+    }
+
+    /// `count` rows on keys spread over the whole index (as the bench's POSTs spread over many
+    /// items), each with a 1000-byte value: a commit writes many WAL frames.
+    async fn write_rows(conn: &mut SqliteConnection, from: i64, count: i64) {
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2) \
+             INSERT INTO t (k, v) SELECT (i * 7919) % 100003, randomblob(1000) FROM n",
+        )
+        .bind(from)
+        .bind(from + count - 1)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+
+    /// The WAL header's checkpoint sequence number: SQLite adds one each time the WAL starts
+    /// over from its first frame.
+    fn wal_sequence(wal: &Path) -> u32 {
+        let header = std::fs::read(wal).unwrap();
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    }
+
+    /// Under steady writes a pass leaves frames behind: those committed while it copied. A
+    /// reader's snapshot does the same deterministically here (a pass copies nothing past it).
+    /// The checkpointer must then ask the writer to finish, and the writer's checkpoint must copy
+    /// the rest, after which its next write starts the WAL over.
+    #[tokio::test]
+    async fn the_writers_finishing_step_lets_the_wal_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let wal = dir.path().join("t.db-wal");
+        let mut writer = connect(&db).await;
+        sqlx::raw_sql(
+            "CREATE TABLE t (k INTEGER NOT NULL, v BLOB NOT NULL); CREATE INDEX t_k ON t (k)",
+        )
+        .execute(&mut writer)
+        .await
+        .unwrap();
+        let checkpointer = Checkpointer::spawn(connect(&db).await, 100);
+
+        write_rows(&mut writer, 0, 500).await;
+        let mut reader = connect(&db).await;
+        let mut snapshot = reader.begin().await.unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&mut *snapshot)
+            .await
+            .unwrap();
+        assert_eq!(seen, 500);
+        // Committed past the reader's snapshot: the pass must leave these frames.
+        write_rows(&mut writer, 500, 500).await;
+        checkpointer.committed();
+        let asked = async {
+            while !checkpointer.finish_due() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), asked)
+            .await
+            .expect("the checkpointer never asked the writer to finish");
+        snapshot.commit().await.unwrap();
+        let sequence = wal_sequence(&wal);
+
+        let pass = checkpoint(&mut writer).await.unwrap();
+        assert!(!pass.busy, "{pass:?}");
+        assert_eq!(
+            pass.copied_frames, pass.wal_frames,
+            "the rest is copied: {pass:?}"
+        );
+        write_rows(&mut writer, 1000, 10).await;
+        assert_eq!(wal_sequence(&wal), sequence + 1, "the WAL started over");
+        checkpointer.stop().await;
+
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&mut writer)
+            .await
+            .unwrap();
+        assert_eq!(stored, 1010);
+    }
+}
