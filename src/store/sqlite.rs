@@ -128,8 +128,15 @@ impl SqliteStore {
 
         let mut writer = SqliteConnection::connect_with(&connect).await?;
         sqlx::migrate!("migrations/sqlite").run(&mut writer).await?;
+        let database = std::fs::File::open(connect.get_filename()).map_err(|err| {
+            StoreError::Unavailable(format!(
+                "cannot open {}: {err}",
+                connect.get_filename().display()
+            ))
+        })?;
         let checkpointer = Checkpointer::spawn(
             SqliteConnection::connect_with(&connect).await?,
+            database,
             checkpointer::RESET_AT_FRAMES,
         );
 

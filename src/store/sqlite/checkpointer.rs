@@ -7,6 +7,12 @@
 //! connection of its own copies the WAL back with PASSIVE checkpoints, which never block the
 //! writer, at most every [`CHECKPOINT_EVERY`] while writes come.
 //!
+//! SQLite fsyncs the database file only at a checkpoint that copies the whole WAL, never after a
+//! pass that writes came in during, so the pages a pass copies stay dirty in the page cache. The
+//! checkpointer syncs them itself after each pass; otherwise the writer's finishing step (below)
+//! would flush everything all the passes copied, and grow with the database (10-19 ms on ~300k
+//! comments, against 2-7 ms on a fresh file, under the bench's POST flood).
+//!
 //! A passive checkpoint alone cannot let the WAL start over while the writer keeps appending to
 //! it (SQLite restarts the WAL only when a write begins with every frame copied back), and the
 //! WAL would grow without end. So once a pass finds [`RESET_AT_FRAMES`] in the WAL, it asks the
@@ -14,6 +20,7 @@
 //! were committed during that pass (a few batches' worth, not the whole WAL), and its next write
 //! starts the WAL from the beginning.
 
+use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -41,13 +48,15 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the task on `conn`, a read-write connection of its own; the writer is asked to
-    /// finish once the WAL holds `reset_at_frames` ([`RESET_AT_FRAMES`] but in tests).
-    pub fn spawn(conn: SqliteConnection, reset_at_frames: i64) -> Self {
+    /// Starts the task on `conn`, a read-write connection of its own, syncing `database` (the
+    /// database file, opened for reading) after its passes; the writer is asked to finish once
+    /// the WAL holds `reset_at_frames` ([`RESET_AT_FRAMES`] but in tests).
+    pub fn spawn(conn: SqliteConnection, database: File, reset_at_frames: i64) -> Self {
         let (commits, committed) = watch::channel(());
         let finish_due = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(copy_back(
             conn,
+            Arc::new(database),
             committed,
             finish_due.clone(),
             reset_at_frames,
@@ -80,14 +89,22 @@ impl Checkpointer {
 
 async fn copy_back(
     mut conn: SqliteConnection,
+    database: Arc<File>,
     mut committed: watch::Receiver<()>,
     finish_due: Arc<AtomicBool>,
     reset_at_frames: i64,
 ) {
+    let mut copied_before = 0;
     while committed.changed().await.is_ok() {
         match checkpoint(&mut conn).await {
-            Ok(pass) if pass.copied_any() && pass.wal_frames >= reset_at_frames => {
-                finish_due.store(true, Ordering::Relaxed);
+            Ok(pass) if pass.copied_any() => {
+                if pass.copied_frames != copied_before {
+                    copied_before = pass.copied_frames;
+                    sync(&database).await;
+                }
+                if pass.wal_frames >= reset_at_frames {
+                    finish_due.store(true, Ordering::Relaxed);
+                }
             }
             Ok(_) => {}
             Err(err) => {
@@ -97,6 +114,17 @@ async fn copy_back(
         tokio::time::sleep(CHECKPOINT_EVERY).await;
     }
     let _ = conn.close().await;
+}
+
+/// Flushes the pages a pass copied into the database file. Only a head start for SQLite's own
+/// sync at the finishing step (which is what makes a restart of the WAL safe), so a failure here
+/// loses nothing and is only logged.
+async fn sync(database: &Arc<File>) {
+    let database = database.clone();
+    let synced = tokio::task::spawn_blocking(move || database.sync_data()).await;
+    if let Ok(Err(err)) = synced {
+        tracing::warn!(error = %err, "syncing the database file after a checkpoint failed");
+    }
 }
 
 /// What one `PRAGMA wal_checkpoint(PASSIVE)` did.
@@ -188,7 +216,7 @@ mod tests {
         .execute(&mut writer)
         .await
         .unwrap();
-        let checkpointer = Checkpointer::spawn(connect(&db).await, 100);
+        let checkpointer = Checkpointer::spawn(connect(&db).await, File::open(&db).unwrap(), 100);
 
         write_rows(&mut writer, 0, 500).await;
         let mut reader = connect(&db).await;
