@@ -177,7 +177,10 @@ run() {
   [ "$body" = '[{"email":"ada@example.com","comment":"From a read-only container"}]' ] || fail "list: $body"
   body=$(curl -sS --max-time 5 "$base/version")
   [ "$body" = "{\"version\":\"$VERSION\",\"commit\":\"$COMMIT\"}" ] || fail "/version: $body"
-  curl -sS --max-time 5 "http://127.0.0.1:$metrics/metrics" | grep -q '^comments_created_total 1$' || fail "metrics"
+  # Read whole before matching: `curl | grep -q` fails under pipefail whenever grep stops
+  # reading first (curl: (23) Failed writing body).
+  body=$(curl -sS --max-time 5 "http://127.0.0.1:$metrics/metrics")
+  grep -qx 'comments_created_total 1' <<<"$body" || fail "metrics: no comments_created_total 1"
   [ "$(stat -c %u "$data/comments.db")" = 65532 ] || fail "no database in the /data volume"
 
   # SIGTERM: /readyz turns 503 while the server still answers, then it exits 0 in time.
