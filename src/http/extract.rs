@@ -87,6 +87,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             },
         );
     }
+    // A valid body, the common case, is read once without tracking the path: serde_path_to_error
+    // wraps every key and value and was most of the cost of parsing a POST body (callgrind). Only
+    // a body that fails is read a second time, the same way plus the path, to name what is wrong.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -252,8 +258,13 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     struct Body {
-        #[allow(dead_code)]
         email: String,
+    }
+
+    #[test]
+    fn a_valid_body_is_read_whole() {
+        let body = parse_json::<Body>(b" {\"email\":\"a\\u00e9\",\"other\":[1]} ").unwrap();
+        assert_eq!(body.email, "a\u{e9}");
     }
 
     #[test]
