@@ -88,8 +88,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         );
     }
     // A valid body, the common case, is read once without tracking the path: serde_path_to_error
-    // wraps every key and value and was most of the cost of parsing a POST body (callgrind). Only
-    // a body that fails is read a second time, the same way plus the path, to name what is wrong.
+    // wraps every key and value, 39% of parsing a POST body (callgrind: 4.19k -> 2.55k instr.).
+    // Only a body that fails is read a second time, the same way plus the path, to name the field.
     if let Ok(value) = serde_json::from_slice(bytes) {
         return Ok(value);
     }
