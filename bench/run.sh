@@ -269,6 +269,10 @@ measure() {
   [ "$name" = postgres ] && mapfile -t dbpids < <(db_pids)
   local ticks0 dbticks0 busy0 t0 t1
   wrk_command "$scenario" "$name" "$seconds"
+  # comments' own latency histogram around the run (report.py: the share answered within 5 ms as
+  # the server saw it, next to wrk's corrected p99). Scraped outside the timed window.
+  local metrics=${METRICS_URL[$name]:-}
+  [ -z "$metrics" ] || curl -sf --max-time 5 "$metrics/metrics" >"$raw.metrics0" || die "scraping $name failed"
   ticks0=$(cpu_ticks "${pids[@]}")
   dbticks0=$(cpu_ticks "${dbpids[@]}")
   busy0=$(busy_ticks)
@@ -278,6 +282,7 @@ measure() {
   { time timeout $((seconds + 30)) "${WRK[@]}" >"$raw.wrk" 2>&1; } 2>"$raw.time" \
     || die "wrk failed (${WRK[*]}): $(tail -n 5 "$raw.wrk")"
   t1=$(date +%s%N)
+  [ -z "$metrics" ] || curl -sf --max-time 5 "$metrics/metrics" >"$raw.metrics1" || die "scraping $name failed"
   {
     echo "cmd=${WRK[*]}"
     echo "wall_ns=$((t1 - t0))"
