@@ -77,12 +77,16 @@ def within_5ms(metrics0, metrics1):
     http_request_duration_seconds histogram (all routes), from a scrape before and after."""
     def totals(path):
         bucket = count = 0.0
+        buckets_seen = False
         with open(path) as f:
             for line in f:
                 if line.startswith("http_request_duration_seconds_bucket{") and 'le="0.005"' in line:
                     bucket += float(line.split()[-1])
+                    buckets_seen = True
                 elif line.startswith("http_request_duration_seconds_count"):
                     count += float(line.split()[-1])
+        if count and not buckets_seen:
+            sys.exit(f"report: {path} has no le=\"0.005\" bucket (were the latency buckets changed?)")
         return bucket, count
     (bucket0, count0), (bucket1, count1) = totals(metrics0), totals(metrics1)
     return (bucket1 - bucket0) / (count1 - count0) if count1 > count0 else None
@@ -91,6 +95,7 @@ def within_5ms(metrics0, metrics1):
 def summarise(runs, clk_tck):
     rps = [r["ok"] / (r["duration_us"] / 1e6) for r in runs]
     wall = [r["wall_ns"] / 1e9 for r in runs]
+    shares = [r["within_5ms"] for r in runs if r.get("within_5ms") is not None]
     return {
         "rps": statistics.median(rps),
         "p50": statistics.median(r["p50_us"] for r in runs) / 1000,
@@ -109,8 +114,7 @@ def summarise(runs, clk_tck):
         "log_lines": [line for r in runs for line in r["log_lines"]][:3],
         "cmd": runs[0]["cmd"],
         # comments only: the share answered within 5 ms by its own histogram (no correction).
-        "within_5ms": statistics.median(shares) if (shares := [r["within_5ms"] for r in runs
-                                                                if r.get("within_5ms") is not None]) else None,
+        "within_5ms": statistics.median(shares) if shares else None,
     }
 
 

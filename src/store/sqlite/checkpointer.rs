@@ -31,19 +31,21 @@ use tokio::task::JoinHandle;
 
 /// How often, at most, the WAL is copied back while writes keep coming. A pass writes each page
 /// that changed since the last one once, however often it changed (the bench's 1000 items change
-/// the same index pages over and over), and every fsync the writer issues meanwhile waits for
-/// those pages to reach the disk too: `perf trace` showed 3-6 of the writer's commits taking
-/// 1.5-4.8 ms around every pass, against 0.36 ms on average. Once a second rather than every 200
-/// ms writes about as many pages per pass but a fifth as many in all: POST p99 under the bench's
-/// flood 6.8 against 10.8 ms (median of 7 interleaved 5 s rounds), the same req/s. The finishing
-/// step does not grow with it (it copies only what came in during the last pass); the WAL peaks
-/// higher (126-141 MB against 93 MB in a 15 s flood).
+/// the same index pages over and over), and every fsync the writer issues meanwhile has to flush
+/// those pages too: `perf trace` showed 3-6 of the writer's commit fsyncs taking 1.5-4.8 ms
+/// around every pass, against 0.36 ms on average. Once a second rather than every 200 ms, each
+/// pass writes a third more pages, but all of them together a third as many (the checkpointer's
+/// `pwrite`s in 4 s of the bench's POST flood: 2100 / 1897 against 6141 / 5592). POST p99 under
+/// that flood 6.8 against 10.8 ms (median of 7 interleaved 5 s rounds), the same req/s. The
+/// finishing step copies only what came in during the last pass, so it stays as it was; the WAL
+/// peaks higher (126-141 MB against 93 MB in a 15 s flood).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
 /// The WAL size (in 4 KiB frames: 64 MiB) at which the writer is asked to finish a checkpoint so
 /// that the WAL starts over. Each finishing step holds the writer for 1-8 ms (a per-batch timer
-/// under the bench's POST flood on a grown database); at that flood it comes about every 0.7 s
-/// (48000 measured no better and keeps a WAL three times the size).
+/// under the bench's POST flood on a grown database). At that flood (about 12k frames a second)
+/// a pass finds it every second pass or so (48000 measured no better, with passes every 200 ms,
+/// and keeps a WAL three times the size).
 pub const RESET_AT_FRAMES: i64 = 16_000;
 
 /// The writer's handle on the checkpointer task.
