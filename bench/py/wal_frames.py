@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""WAL frames a commit writes, for the POST scenario's write pattern, by table layout.
+
+    wal_frames.py [ROWS] [--random]
+
+Grows a scratch SQLite database (Python's sqlite3, 4 KiB pages, WAL, no checkpoints while it
+measures) to ROWS comments (default 400000) in commits of 28 rows, the batch size comments'
+writer reaches under `bench/wrk/post.lua`, then counts how far the WAL grows over 400 more
+commits. Content ids go round-robin over 1000 items as in post.lua, or at random with --random.
+Not part of the harness: it shows why POST slows as the database grows (bench/README.md, "Tried
+at stop 21") and what other layouts would write instead. The current layout's 1.29 frames a row at
+400k rows matches what `perf stat` counted in the server (2.59 pwrites a row, two per frame).
+"""
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+
+ROWS = int(next((a for a in sys.argv[1:] if a.isdigit()), 400_000))
+RANDOM = "--random" in sys.argv[1:]
+BATCH, MEASURE, ITEMS = 28, 2400, 1000
+FRAME = 4096 + 24  # a page and its frame header
+
+CURRENT = """
+CREATE TABLE comments (id INTEGER PRIMARY KEY AUTOINCREMENT, content_id TEXT NOT NULL,
+    email TEXT NOT NULL, comment BLOB NOT NULL, created_at INTEGER NOT NULL);
+CREATE INDEX comments_by_content ON comments (content_id, id);
+"""
+# The index led by a coarse id ("epoch"): new entries land in the newest epoch's few leaves, but a
+# list read needs one index seek per epoch of the whole table.
+EPOCH = """
+CREATE TABLE comments (id INTEGER PRIMARY KEY AUTOINCREMENT, epoch INTEGER NOT NULL,
+    content_id TEXT NOT NULL, email TEXT NOT NULL, comment BLOB NOT NULL, created_at INTEGER NOT NULL);
+CREATE INDEX comments_by_content ON comments (epoch, content_id, id);
+"""
+# No index: each item's comments linked oldest to newest (next_id), its ends in a small table. An
+# insert updates the item's previous newest row, which may sit anywhere in the table's tail.
+CHAIN = """
+CREATE TABLE comments (id INTEGER PRIMARY KEY AUTOINCREMENT, content_id TEXT NOT NULL,
+    email TEXT NOT NULL, comment BLOB NOT NULL, created_at INTEGER NOT NULL, next_id INTEGER);
+CREATE TABLE content_ends (content_id TEXT PRIMARY KEY, first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL) WITHOUT ROWID;
+"""
+# Two partial indexes over one table: new rows go into a small one (moved = 0), and once it holds
+# MOVE_AT rows they are all moved into the large one by one UPDATE, which dirties each leaf of the
+# large index once per move instead of once per commit. Reads would query both.
+TWO_LEVEL = """
+CREATE TABLE comments (id INTEGER PRIMARY KEY AUTOINCREMENT, content_id TEXT NOT NULL,
+    email TEXT NOT NULL, comment BLOB NOT NULL, created_at INTEGER NOT NULL, moved INTEGER NOT NULL);
+CREATE INDEX comments_by_content ON comments (content_id, id) WHERE moved = 1;
+CREATE INDEX comments_recent_by_content ON comments (content_id, id) WHERE moved = 0;
+"""
+
+
+def insert_current(db, rows):
+    db.executemany(
+        "INSERT INTO comments (content_id, email, comment, created_at) VALUES (?, ?, ?, ?)", rows)
+
+
+def insert_epoch(bits):
+    def insert(db, rows):
+        (last,) = db.execute("SELECT coalesce(max(id), 0) FROM comments").fetchone()
+        db.executemany(
+            "INSERT INTO comments (epoch, content_id, email, comment, created_at) VALUES (?, ?, ?, ?, ?)",
+            [((last + 1 + i) >> bits,) + row for i, row in enumerate(rows)])
+    return insert
+
+
+def insert_chain(db, rows):
+    for row in rows:
+        new = db.execute(
+            "INSERT INTO comments (content_id, email, comment, created_at) VALUES (?, ?, ?, ?)",
+            row).lastrowid
+        end = db.execute("SELECT last_id FROM content_ends WHERE content_id = ?", (row[0],)).fetchone()
+        if end:
+            db.execute("UPDATE comments SET next_id = ? WHERE id = ?", (new, end[0]))
+            db.execute("UPDATE content_ends SET last_id = ? WHERE content_id = ?", (new, row[0]))
+        else:
+            db.execute("INSERT INTO content_ends VALUES (?, ?, ?)", (row[0], new, new))
+
+
+def insert_two_level(move_at):
+    unmoved = 0
+
+    def insert(db, rows):
+        nonlocal unmoved
+        db.executemany(
+            "INSERT INTO comments (content_id, email, comment, created_at, moved) VALUES (?, ?, ?, ?, 0)",
+            rows)
+        unmoved += len(rows)
+        if unmoved >= move_at:
+            db.execute("UPDATE comments SET moved = 1 WHERE moved = 0")
+            unmoved = 0
+    return insert
+
+
+def frames_per_row(schema, insert):
+    rng = random.Random(1)
+    with tempfile.TemporaryDirectory(dir="/tmp") as work:
+        path = os.path.join(work, "comments.db")
+        db = sqlite3.connect(path, isolation_level=None)
+        for pragma in ("page_size=4096", "journal_mode=WAL", "synchronous=OFF", "wal_autocheckpoint=0"):
+            db.execute(f"PRAGMA {pragma}")
+        db.executescript(schema)
+        written = 0
+
+        def commit():
+            nonlocal written
+            rows = []
+            for i in range(written, written + BATCH):
+                item = rng.randrange(ITEMS) if RANDOM else i % ITEMS
+                rows.append((str(100000 + item), "bench@example.com", b"bench comment %d" % i, 0))
+            written += BATCH
+            db.execute("BEGIN IMMEDIATE")
+            insert(db, rows)
+            db.execute("COMMIT")
+
+        while written < ROWS:
+            commit()
+            if written % 50_000 < BATCH:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        wal = path + "-wal"
+        start = max(os.path.getsize(wal), 32)  # 32: the WAL header
+        for _ in range(MEASURE):
+            commit()
+        frames = (os.path.getsize(wal) - start) / FRAME
+        db.close()
+        return frames / (MEASURE * BATCH)
+
+
+def main():
+    pattern = "at random" if RANDOM else "round-robin"
+    print(f"{ROWS} rows grown, then {MEASURE} commits of {BATCH} rows over {ITEMS} items ({pattern})")
+    for name, schema, insert in (
+        ("no index (the floor; reads would scan)", CURRENT.split("CREATE INDEX")[0], insert_current),
+        ("(content_id, id) index (now)", CURRENT, insert_current),
+        ("(id >> 12, content_id, id) index", EPOCH, insert_epoch(12)),
+        ("(id >> 16, content_id, id) index", EPOCH, insert_epoch(16)),
+        ("linked per item, no index", CHAIN, insert_chain),
+        ("two partial indexes, move at 4096", TWO_LEVEL, insert_two_level(4096)),
+        ("two partial indexes, move at 16384", TWO_LEVEL, insert_two_level(16384)),
+    ):
+        print(f"  {name:40s} {frames_per_row(schema, insert):.2f} WAL frames a row")
+
+
+if __name__ == "__main__":
+    main()
