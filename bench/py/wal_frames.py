@@ -5,11 +5,11 @@
 
 Grows a scratch SQLite database (Python's sqlite3, 4 KiB pages, WAL, no checkpoints while it
 measures) to ROWS comments (default 400000) in commits of 28 rows, the batch size comments'
-writer reaches under `bench/wrk/post.lua`, then counts how far the WAL grows over 400 more
-commits. Content ids go round-robin over 1000 items as in post.lua, or at random with --random.
+writer reaches under `bench/wrk/post.lua`, then counts how far the WAL grows over 2400 more
+commits (several moves of the two-level layout). Content ids go round-robin over 1000 items as in post.lua, or at random with --random.
 Not part of the harness: it shows why POST slows as the database grows (bench/README.md, "Tried
-at stop 21") and what other layouts would write instead. The current layout's 1.29 frames a row at
-400k rows matches what `perf stat` counted in the server (2.59 pwrites a row, two per frame).
+at stop 21") and what other layouts would write instead. The current layout's 1.32-1.36 frames a row at
+400k rows match what `perf stat` counted in the server (2.59-2.67 pwrites a row, two per frame).
 """
 import os
 import random
