@@ -2,11 +2,15 @@
 """WAL frames a commit writes, for the POST scenario's write pattern, by table layout.
 
     wal_frames.py [ROWS] [--random]
+    wal_frames.py [ROWS] --reads
 
 Grows a scratch SQLite database (Python's sqlite3, 4 KiB pages, WAL, no checkpoints while it
 measures) to ROWS comments (default 400000) in commits of 28 rows, the batch size comments'
 writer reaches under `bench/wrk/post.lua`, then counts how far the WAL grows over 2400 more
 commits (several moves of the two-level layout). Content ids go round-robin over 1000 items as in post.lua, or at random with --random.
+With --reads it times instead what a write-friendly index costs a read: the first page of 20
+comments of an item, in memory, with today's index and with the coarse-id one (one seek per 4096
+rows of the table, then a sort).
 Not part of the harness: it shows why POST slows as the database grows (bench/README.md, "Tried
 at stop 21") and what other layouts would write instead. The current layout's 1.32-1.36 frames a row at
 400k rows match what `perf stat` counted in the server (2.59-2.67 pwrites a row, two per frame).
@@ -16,6 +20,7 @@ import random
 import sqlite3
 import sys
 import tempfile
+import time
 
 ROWS = int(next((a for a in sys.argv[1:] if a.isdigit()), 400_000))
 RANDOM = "--random" in sys.argv[1:]
@@ -130,7 +135,41 @@ def frames_per_row(schema, insert):
         return frames / (MEASURE * BATCH)
 
 
+FIRST_PAGE = "SELECT email, comment FROM comments WHERE content_id = ? ORDER BY id LIMIT 20"
+# The coarse-id index can serve an item's list only epoch by epoch (4096 ids each).
+FIRST_PAGE_BY_EPOCH = """
+WITH RECURSIVE epoch(n) AS (
+    SELECT 0 UNION ALL SELECT n + 1 FROM epoch WHERE n < (SELECT max(id) >> 12 FROM comments))
+SELECT c.email, c.comment FROM epoch JOIN comments c ON c.epoch = epoch.n AND c.content_id = ?
+ORDER BY epoch.n, c.id LIMIT 20"""
+
+
+def time_reads():
+    print(f"{ROWS} rows over {ITEMS} items, first page of 20 comments of an item (in memory)")
+    for name, schema, insert, query in (
+        ("(content_id, id) index (now)", CURRENT, insert_current, FIRST_PAGE),
+        ("(id >> 12, content_id, id) index", EPOCH, insert_epoch(12), FIRST_PAGE_BY_EPOCH),
+    ):
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.executescript(schema)
+        rows = [(str(100000 + i % ITEMS), "bench@example.com", b"bench comment %d" % i, 0)
+                for i in range(ROWS)]
+        db.execute("BEGIN")
+        insert(db, rows)
+        db.execute("COMMIT")
+        assert len(db.execute(query, ("100500",)).fetchall()) == 20
+        reads = 2000
+        start = time.perf_counter()
+        for i in range(reads):
+            db.execute(query, (str(100000 + i % ITEMS),)).fetchall()
+        took = (time.perf_counter() - start) / reads
+        print(f"  {name:40s} {took * 1e6:.0f} us a read")
+
+
 def main():
+    if "--reads" in sys.argv[1:]:
+        time_reads()
+        return
     pattern = "at random" if RANDOM else "round-robin"
     print(f"{ROWS} rows grown, then {MEASURE} commits of {BATCH} rows over {ITEMS} items ({pattern})")
     for name, schema, insert in (
