@@ -30,6 +30,7 @@ RUN mkdir src \
 #    after step 1 so that a new commit does not rebuild the dependencies.
 ARG GIT_COMMIT=unknown
 ENV COMMENTS_GIT_COMMIT=${GIT_COMMIT}
+COPY build.rs ./
 COPY migrations ./migrations
 COPY src ./src
 # touch: cargo compares modification times, and the stubs of step 1 are newer than the copies.

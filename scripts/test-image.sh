@@ -138,7 +138,7 @@ context() {
   "${PODMAN[@]}" image unmount "$IMAGE-context" >/dev/null
   "${PODMAN[@]}" rmi "$IMAGE-context" >/dev/null
   local want
-  for want in ./Cargo.toml ./Cargo.lock ./src/main.rs ./migrations; do
+  for want in ./Cargo.toml ./Cargo.lock ./build.rs ./src/main.rs ./migrations; do
     grep -qx "$want" <<<"$files" || fail "the build context lacks $want"
   done
   ! grep -E '^\./(\.git|target|\.tools|data)(/|$)|\.db(-shm|-wal)?$' <<<"$files" || fail "the build context holds the above"
