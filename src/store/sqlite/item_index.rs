@@ -160,7 +160,16 @@ impl ItemIndex {
             return false;
         }
         self.created_since_slice = 0;
-        match move_slice(conn, cycle).await {
+        let started = Instant::now();
+        let outcome = move_slice(conn, cycle).await;
+        tracing::debug!(
+            idle,
+            moved = cycle.moved,
+            of = cycle.ids.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "comments_by_item: a slice added"
+        );
+        match outcome {
             Ok(true) => {
                 self.upto = cycle.upto;
                 self.cycle = None;
