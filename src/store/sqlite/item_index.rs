@@ -39,8 +39,10 @@ use crate::store::StoreError;
 /// through `comments_by_epoch`, one index seek per 1024 ids past the mark.
 pub const MOVE_AT: usize = 16_384;
 
-/// Entries one statement adds to `comments_by_item`: large enough that a slice covers several
-/// items' comments, small enough that the writes queued behind it wait well under a millisecond.
+/// Entries one statement adds to `comments_by_item`, so that a slice covers several items'
+/// comments. A slice holds the writer about 1.3 ms under the bench's POST flood (median; 2.4 ms
+/// for 1024), most of it the statement's own commit and round trip; 1024 was no better for
+/// req/s or p99 (bench/README.md, stop 25), and the writes queued behind a slice wait less.
 const SLICE: usize = 256;
 
 /// Under steady writes, a slice is added for every `SLICE / SLICES_AHEAD` comments committed,
