@@ -215,5 +215,14 @@ async fn main() {
         .with_state(Shared::default());
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     println!("listening on {}", listener.local_addr().unwrap());
-    axum::serve(listener, app).await.unwrap();
+    // Exits cleanly on SIGTERM, so an instrumented build (-Cprofile-generate) writes its profile.
+    // bench/run.sh needs none of this: it kills the baseline with SIGKILL.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            term.recv().await;
+        })
+        .await
+        .unwrap();
 }
