@@ -67,8 +67,8 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Per request: the HTTP metrics, the one log line, and (when traces are on) a server span that
-/// continues the caller's trace and parents the storage spans. Lines logged while the request is
+/// Per request: the HTTP metrics, the one log line, the `x-request-id` answer header, and (when
+/// traces are on) a server span that continues the caller's trace and parents the storage spans. Lines logged while the request is
 /// handled carry its request id and trace ids (see [`json_lines::in_request`]).
 ///
 /// A tower service of its own rather than `axum::middleware::from_fn` or tower-http's
@@ -181,7 +181,18 @@ where
             .take()
             .expect("ObserveFuture polled after completion");
         let context = this.inner.take_value();
-        if let Ok(response) = &result {
+        let mut result = result;
+        if let Ok(response) = &mut result {
+            // The request id goes back to the caller here rather than through tower-http's
+            // `PropagateRequestIdLayer`: that layer also puts it into the response's extensions,
+            // which nothing reads, and that map's allocation, insert and drop were 2.9% of a cached
+            // GET's instructions (callgrind, ~930 of 31.8k).
+            if let Some(id) = context.as_ref().and_then(|c| c.request_id.as_ref()) {
+                response
+                    .headers_mut()
+                    .entry(REQUEST_ID)
+                    .or_insert_with(|| id.clone());
+            }
             done.finish(response.status(), context);
         }
         Poll::Ready(result)

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -106,8 +106,8 @@ pub fn router(shared: Shared, limits: Limits) -> ApiService {
 }
 
 /// What every route shares, outermost first: request id, security headers, the body limits (size
-/// and time), then per route the request span and log line, metrics and panic recovery, and the
-/// JSON 404/405.
+/// and time), then per route the request span and log line, metrics, the request id's answer
+/// header and panic recovery, and the JSON 404/405.
 ///
 /// Only what needs the matched route (`observe`, for the `route` label) is layered per route, in
 /// one `layer` call: axum boxes a route again for each `Router::layer`, and clones every box for
@@ -128,7 +128,6 @@ pub fn with_shared_layers(routes: Router<AppState>, state: AppState, limits: Lim
     let shared = ServiceBuilder::new()
         .map_request(middleware::drop_unfit_request_id)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -262,6 +261,47 @@ mod tests {
             line.contains("the handler broke") && line.contains("req-42"),
             "{line}"
         );
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_request_id() {
+        let (state, _dir) = state().await;
+        let routes = Router::new().route(
+            "/echo",
+            axum::routing::post(|body: Bytes| async move { body }),
+        );
+        let app = with_shared_layers(routes, state, limits());
+        let cases = [
+            (Method::POST, "/echo", "small", StatusCode::OK),
+            (Method::GET, "/nowhere", "", StatusCode::NOT_FOUND),
+            (Method::GET, "/echo", "", StatusCode::METHOD_NOT_ALLOWED),
+            (
+                Method::POST,
+                "/echo",
+                &"x".repeat(2048),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+        ];
+        for (method, path, body, status) in cases {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header("x-request-id", "req-7")
+                .body(Body::from(body.to_owned()))
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), status, "{method} {path}");
+            assert_eq!(
+                response.headers().get_all("x-request-id").iter().count(),
+                1,
+                "{method} {path}"
+            );
+            assert_eq!(
+                response.headers()["x-request-id"],
+                "req-7",
+                "{method} {path}"
+            );
+        }
     }
 
     #[tokio::test]
