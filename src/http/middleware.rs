@@ -334,13 +334,21 @@ where
     }
 }
 
-/// The limits on the API routes (not the probes): how many requests are handled at once, counted
-/// separately for reads and writes so a burst of slow writes (each waits for an fsync) never
-/// starves cheap reads, or the other way; and how long one may take.
+/// The limits on the API routes (those under [`API_PREFIX`]; not the probes, so an overloaded pod
+/// is not also restarted or pulled from service for being busy): how many requests are handled at
+/// once, counted separately for reads and writes so a burst of slow writes (each waits for an
+/// fsync) never starves cheap reads, or the other way; and how long one may take.
 ///
 /// Beyond the in-flight limit a request is answered at once with 503 and `Retry-After` instead
 /// of queueing: a queue would only turn overload into timeouts, and unbounded memory. Past the
 /// request timeout the answer is a 503 too (the server, not the client, was too slow).
+///
+/// It picks the API routes by their matched path, not by being layered onto the API router
+/// alone: it then sits in the same per-route layer as [`ObserveLayer`], and axum boxes each
+/// route once instead of twice (every box is cloned, and its future boxed, per request).
+/// The paths [`ApiLimits`] limits.
+pub const API_PREFIX: &str = "/api/";
+
 #[derive(Clone)]
 pub struct ApiLimitsLayer {
     reads: Arc<Semaphore>,
@@ -388,6 +396,15 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let api = request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|route| route.as_str().starts_with(API_PREFIX));
+        if !api {
+            return LimitedFuture::Unlimited {
+                inner: self.inner.call(request),
+            };
+        }
         let slots = match *request.method() {
             Method::GET | Method::HEAD | Method::OPTIONS => &self.limits.reads,
             _ => &self.limits.writes,
@@ -420,6 +437,10 @@ pin_project! {
         Shed {
             response: Option<Response>,
         },
+        Unlimited {
+            #[pin]
+            inner: F,
+        },
     }
 }
 
@@ -441,6 +462,7 @@ where
             LimitedProjection::Shed { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("LimitedFuture polled after completion"))),
+            LimitedProjection::Unlimited { inner } => inner.poll(cx),
         }
     }
 }

@@ -160,6 +160,77 @@ async fn keep_alive_connections_idle_after_a_request_are_closed_at_the_header_ti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_after_a_request_is_cut_off_at_the_header_timeout() {
+    let app = TestApp::spawn_with(Db::sqlite().await, |config| {
+        config.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert!(
+        request_on(&mut stream, "/health-check")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    // A byte every 100 ms: the bytes keep coming, but the head would take 4 s to complete.
+    let started = Instant::now();
+    for byte in b"GET /health-check HTTP/1.1\r\nHost: x\r\n\r\n" {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let cut = started.elapsed();
+    assert!(
+        closed_within(&mut stream, Duration::from_millis(500)).await,
+        "a trickled head kept the connection open for {cut:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_body_takes_longer_than_the_header_timeout_is_answered() {
+    let app = TestApp::spawn_with(Db::sqlite().await, |config| {
+        config.header_read_timeout = Duration::from_millis(300);
+        config.body_read_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let body = r#"{"email":"slow@example.com","comment":"took a while","content_id":1}"#;
+    let head = format!(
+        "POST /api/comment/new HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The head is in: from here the body's own deadline applies, not the head's.
+    let (first, rest) = body.split_at(body.len() / 2);
+    for part in [first, rest] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stream.write_all(part.as_bytes()).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(read > 0, "closed before answering");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_older_than_the_maximum_age_are_closed_after_their_current_request() {
     let app = TestApp::spawn_with(Db::sqlite().await, |config| {
         config.max_connection_age = Duration::from_millis(600);
