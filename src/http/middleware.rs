@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
@@ -30,12 +30,17 @@ use crate::error::ApiError;
 use crate::telemetry::json_lines::{self, RequestContext};
 use crate::telemetry::metrics::{Metrics, UNMATCHED_ROUTE};
 
-/// Keeps a client's `x-request-id` only if it is short and plain (and sent once); otherwise the
-/// request gets a fresh one, so logs and responses never carry a client's 8 KB or odd bytes.
-pub fn drop_unfit_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+/// Gives every request one `x-request-id`: the client's if it sent one that is short and plain
+/// (and sent it once), otherwise a fresh UUID v4, so logs and answers never carry a client's 8 KB
+/// or odd bytes. [`Observe`] logs it and sends it back.
+///
+/// Ours rather than tower-http's `SetRequestIdLayer`: that layer also puts the id into the
+/// request's extensions, which nothing reads. With axum's three (the original URI, the matched
+/// path, the URL parameters) that was the fourth entry, so the map grew (a rehash, an allocation
+/// and a free) on every request: 0.9k of a cached GET's 27.9k instructions (callgrind).
+pub fn ensure_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
     let mut ids = request.headers().get_all(REQUEST_ID).iter();
     let fit = match (ids.next(), ids.next()) {
-        (None, _) => true,
         (Some(id), None) => {
             id.len() <= 128
                 && id
@@ -43,12 +48,19 @@ pub fn drop_unfit_request_id<B>(mut request: axum::http::Request<B>) -> axum::ht
                     .iter()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
         }
-        (Some(_), Some(_)) => false,
+        _ => false,
     };
     if !fit {
-        request.headers_mut().remove(REQUEST_ID);
+        request.headers_mut().insert(REQUEST_ID, fresh_request_id());
     }
     request
+}
+
+/// A UUID v4 (from a thread-local generator: uuid's `fast-rng`), formatted on the stack.
+fn fresh_request_id() -> HeaderValue {
+    let mut text = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 
 /// Standard methods by name; anything else shares one label value.
