@@ -193,6 +193,12 @@ def main():
         passed = value is not None and (value >= limit if op == ">=" else value < limit)
         w(f"| {name} | {show(value) if value is not None else 'n/a'} | {'pass' if passed else 'FAIL'} |")
     w("")
+    ceiling = ratio(t["list"], "baseline", "flask")
+    if ceiling:
+        w(f"For the Flask target: the bare baseline itself served GET list at **{ceiling:.1f}x** Flask "
+          f"in this run, so 30x Flask needed comments at {30 / ceiling:.2f}x the baseline here. How "
+          "far the baseline is ahead of Flask depends on the host (bench/README.md, stop 28).")
+        w("")
     base = tables["list"].get("baseline"), tables["post"].get("baseline")
     if all(base):
         w(f"For the p99 targets: the bare baseline's own p99 in the same rounds is {base[0]['p99']:.2f} ms "
