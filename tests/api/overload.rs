@@ -100,10 +100,15 @@ async fn connections_beyond_the_cap_are_closed_and_idle_ones_time_out() {
     app.stop().await;
 }
 
-/// Sends one keep-alive request on `stream` and reads its whole answer (the headers say how long).
+/// Sends one keep-alive request on `stream` and reads its whole answer.
 async fn request_on(stream: &mut TcpStream, path: &str) -> String {
     let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
+    read_answer(stream, path).await
+}
+
+/// Reads one whole answer from `stream` (the headers say how long), within 5 s.
+async fn read_answer(stream: &mut TcpStream, path: &str) -> String {
     let mut answer = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
@@ -131,20 +136,27 @@ async fn request_on(stream: &mut TcpStream, path: &str) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_alive_connections_idle_after_a_request_are_closed_at_the_header_timeout() {
+/// An app whose connections may wait 500 ms for a request head, and a keep-alive connection to
+/// it that has had `requests` answered.
+async fn answered_connection(requests: usize) -> (TestApp, TcpStream) {
     let app = TestApp::spawn_with(Db::sqlite().await, |config| {
         config.header_read_timeout = Duration::from_millis(500);
     })
     .await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    for _ in 0..3 {
+    for _ in 0..requests {
         assert!(
             request_on(&mut stream, "/health-check")
                 .await
                 .starts_with("HTTP/1.1 200")
         );
     }
+    (app, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_idle_after_a_request_are_closed_at_the_header_timeout() {
+    let (app, mut stream) = answered_connection(3).await;
     // Then nothing: the connection may wait for its next request head only that long.
     let started = Instant::now();
     assert!(
@@ -161,16 +173,7 @@ async fn keep_alive_connections_idle_after_a_request_are_closed_at_the_header_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_trickled_after_a_request_is_cut_off_at_the_header_timeout() {
-    let app = TestApp::spawn_with(Db::sqlite().await, |config| {
-        config.header_read_timeout = Duration::from_millis(500);
-    })
-    .await;
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    assert!(
-        request_on(&mut stream, "/health-check")
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    let (app, mut stream) = answered_connection(1).await;
     // A byte every 100 ms: the bytes keep coming, but the head would take 4 s to complete.
     let started = Instant::now();
     for byte in b"GET /health-check HTTP/1.1\r\nHost: x\r\n\r\n" {
@@ -215,17 +218,7 @@ async fn a_request_whose_body_takes_longer_than_the_header_timeout_is_answered()
         tokio::time::sleep(Duration::from_millis(400)).await;
         stream.write_all(part.as_bytes()).await.unwrap();
     }
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
-            .await
-            .expect("an answer within 5 s")
-            .unwrap();
-        assert!(read > 0, "closed before answering");
-        answer.extend_from_slice(&buffer[..read]);
-    }
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_answer(&mut stream, "/api/comment/new").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     app.stop().await;
 }
