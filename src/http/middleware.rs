@@ -348,6 +348,9 @@ where
     }
 }
 
+/// The paths [`ApiLimits`] limits.
+pub const API_PREFIX: &str = "/api/";
+
 /// The limits on the API routes (those under [`API_PREFIX`]; not the probes, so an overloaded pod
 /// is not also restarted or pulled from service for being busy): how many requests are handled at
 /// once, counted separately for reads and writes so a burst of slow writes (each waits for an
@@ -360,9 +363,6 @@ where
 /// It picks the API routes by their matched path, not by being layered onto the API router
 /// alone: it then sits in the same per-route layer as [`ObserveLayer`], and axum boxes each
 /// route once instead of twice (every box is cloned, and its future boxed, per request).
-/// The paths [`ApiLimits`] limits.
-pub const API_PREFIX: &str = "/api/";
-
 #[derive(Clone)]
 pub struct ApiLimitsLayer {
     reads: Arc<Semaphore>,
