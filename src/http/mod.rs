@@ -78,7 +78,8 @@ pub struct Limits {
 ///
 /// The stack's own type, spelled out, rather than a `BoxCloneSyncService`: hyper's glue clones
 /// the service for every request, and a box's clone allocates and clones the whole stack behind
-/// it, and boxes its future too (about 1k of a cached GET's 28k instructions, callgrind). And not
+/// it, and boxes its future too (a cached GET list 28.1k -> 27.9k instructions, `/health-check`
+/// 25.1k -> 24.7k, callgrind). And not
 /// a `Router` with the stack as its fallback service: that outer router routed every request a
 /// second time (a path lookup, URL parameters, a service clone: about 2k of 37.5k).
 pub type ApiService = MapRequest<
