@@ -106,8 +106,7 @@ async fn copy_back(
 ) {
     let mut copied_before = 0;
     while committed.changed().await.is_ok() {
-        let next_pass = tokio::time::Instant::now() + CHECKPOINT_EVERY;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         match checkpoint(&mut conn).await {
             Ok(pass) if pass.copied_any() => {
                 let copied_in = started.elapsed();
@@ -129,7 +128,7 @@ async fn copy_back(
                         && again.copied_any()
                     {
                         copied_before = again.copied_frames;
-                        write_back(&database, Duration::ZERO).await;
+                        sync(&database).await;
                     }
                     finish_due.store(true, Ordering::Relaxed);
                 }
@@ -139,7 +138,7 @@ async fn copy_back(
                 tracing::warn!(error = %err, "WAL checkpoint failed; retrying after the next write");
             }
         }
-        tokio::time::sleep_until(next_pass).await;
+        tokio::time::sleep_until(started + CHECKPOINT_EVERY).await;
     }
     let _ = conn.close().await;
 }
@@ -158,12 +157,8 @@ const WRITE_BACK_OVER: Duration = Duration::from_millis(500);
 /// (a per-batch timer, not in the tree; stop 29). Written back a 50th at a time, each commit's
 /// fsync carries only a little of it (PostgreSQL spreads its checkpoints' writes the same way).
 /// Only a head start for SQLite's own sync at the finishing step (which is what makes a restart of
-/// the WAL safe), so a failure here loses nothing and is only logged. `Duration::ZERO`: all at
-/// once.
+/// the WAL safe), so a failure here loses nothing and is only logged.
 async fn write_back(database: &Arc<File>, over: Duration) {
-    if over.is_zero() {
-        return sync(database).await;
-    }
     let len = database.metadata().map(|meta| meta.len()).unwrap_or(0);
     let part = len.div_ceil(WRITE_BACK_STEPS).max(1);
     let mut offset = 0;
@@ -289,7 +284,7 @@ mod tests {
     }
 
     /// The write-back works on the read-only descriptor the checkpointer holds, over every part
-    /// of the file (the last one short), paced or at once, and leaves the file as it was.
+    /// of the file (the last one short), paced over the time given, and leaves the file as it was.
     #[tokio::test]
     async fn the_write_back_covers_the_file_through_a_read_only_descriptor() {
         let dir = tempfile::tempdir().unwrap();
@@ -298,7 +293,7 @@ mod tests {
         std::fs::write(&path, &content).unwrap();
         let database = Arc::new(File::open(&path).unwrap());
         write_out(&database, 0, 4096).expect("a range write-back on a read-only descriptor");
-        write_out(&database, 999_000, 8192).expect("a range past the end of the file");
+        write_out(&database, 999_000, 8192).expect("a range reaching past the end of the file");
         let started = std::time::Instant::now();
         write_back(&database, Duration::from_millis(50)).await;
         assert!(
@@ -306,7 +301,7 @@ mod tests {
             "paced over the given time: {:?}",
             started.elapsed()
         );
-        write_back(&database, Duration::ZERO).await;
+        sync(&database).await;
         assert_eq!(std::fs::read(&path).unwrap(), content);
     }
 
